@@ -1,0 +1,1 @@
+"""The tools built on the loader: inspect, load, classify, ps, syscalls."""
