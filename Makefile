@@ -28,6 +28,14 @@ tests/objects/%.bpf.o: tests/bpf/%.bpf.c $(wildcard bpf/include/*.h) $(wildcard 
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -Itests/bpf -c $< -o $@
 
+# CO-RE target variants: the same source built with -DTARGET, whose .BTF the
+# CO-RE tests relocate against (fields moved, resized, removed...).
+CORE_TARGETS := tests/objects/core_reloc.target.bpf.o
+all: $(CORE_TARGETS)
+tests/objects/%.target.bpf.o: tests/bpf/%.bpf.c $(wildcard bpf/include/*.h) $(wildcard tests/bpf/*.h)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -Itests/bpf -DTARGET -c $< -o $@
+
 deps:
 	bash .ci/deps
 
