@@ -110,7 +110,7 @@ def output_prog(map_fd, size, count=1, ringbuf=False, pid=None):
     """
     pid = os.getpid() if pid is None else pid
     assert size % 8 == 0 and 16 <= size <= 256 and 1 <= count <= 64
-    body = [mov_reg(6, 1)]               # r6 = ctx
+    body = []                            # r6 = ctx (saved in the head)
     for off in range(-size, 0, 8):
         body.append(st_mem(I.BPF_DW, 10, off, 0))
     body.append(st_mem(I.BPF_DW, 10, -size + 8, pid))
