@@ -5,15 +5,28 @@
 char LICENSE[] SEC("license") = "GPL";
 
 __u64 total;
+static __u64 leaf(__u64 x);
 
 static __noinline __u64 leaf(__u64 x)
 {
 	return x * 3 + 1;
 }
 
+struct probe_ctx {
+	long unused;
+	long id;
+} __attribute__((preserve_access_index));
+
 static __noinline __u64 middle(__u64 x)
 {
-	return leaf(x) + leaf(x + 1);
+	/* a CO-RE relocation inside a subprogram: must travel with it */
+	return leaf(x) + leaf(x + 1) + bpf_core_field_exists(((struct probe_ctx *)0)->id);
+}
+
+/* a static function living in the program's own section, not in .text */
+static __noinline __attribute__((section("raw_tp/sys_enter"))) __u64 local_in_section(__u64 x)
+{
+	return x * 7 + total;
 }
 
 __noinline int global_helper(__u32 v)
@@ -49,6 +62,6 @@ int entry_b(void *ctx)
 SEC("raw_tp/sys_enter")
 int entry_c(void *ctx)
 {
-	total += 1;
+	total += local_in_section(1);
 	return 0;
 }
