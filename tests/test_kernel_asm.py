@@ -101,12 +101,14 @@ def counter_prog(map_fd, pid=None, key=0):
     return encode(_pid_filter(pid, _slots(body)) + body + tail)
 
 
-def output_prog(map_fd, size, count=1, ringbuf=False, pid=None):
+def output_prog(map_fd, size, count=1, ringbuf=False, pid=None, drop_counter_fd=None):
     """Emit ``count`` events of ``size`` bytes (``size`` multiple of 8, ≤ 256) per run,
     with bpf_perf_event_output (PERF_EVENT_ARRAY) or bpf_ringbuf_output (RINGBUF).
 
     Each event is: u64 sequence number within this run, u64 run marker (pid),
     then zero padding.  Unrolled (count ≤ 64) so it loads on any kernel.
+    With ``drop_counter_fd`` (an array map, u64 values) every failed output
+    increments its key 0.
     """
     pid = os.getpid() if pid is None else pid
     assert size % 8 == 0 and 16 <= size <= 256 and 1 <= count <= 64
@@ -114,11 +116,16 @@ def output_prog(map_fd, size, count=1, ringbuf=False, pid=None):
     for off in range(-size, 0, 8):
         body.append(st_mem(I.BPF_DW, 10, off, 0))
     body.append(st_mem(I.BPF_DW, 10, -size + 8, pid))
+    body.append(st_mem(I.BPF_DW, 10, -size - 8, 0))   # key 0 of the drop counter
     for n in range(count):
         body.append(st_mem(I.BPF_DW, 10, -size, n))
         if ringbuf:
             body += [ld_map_fd(1, map_fd), mov_reg(2, 10), add_imm(2, -size),
                      mov_imm(3, size), mov_imm(4, 0), call(RINGBUF_OUTPUT)]
+            if drop_counter_fd is not None:
+                body += [jeq_imm(0, 0, 8), ld_map_fd(1, drop_counter_fd),
+                         mov_reg(2, 10), add_imm(2, -size - 8), call(MAP_LOOKUP_ELEM),
+                         jeq_imm(0, 0, 2), mov_imm(1, 1), atomic_add64(0, 1, 0)]
         else:
             body += [mov_reg(1, 6), ld_map_fd(2, map_fd), ld_imm64(3, BPF_F_CURRENT_CPU),
                      mov_reg(4, 10), add_imm(4, -size), mov_imm(5, size),

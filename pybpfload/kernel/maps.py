@@ -82,7 +82,7 @@ class Map:
         self._next = ctypes.create_string_buffer(max(self.key_size, 1))
         self._value = ctypes.create_string_buffer(max(self._value_buf_size, 1))
         self._attr = sc.MapElemAttr()
-        self._batch_ok = None
+        self.frozen = False
 
     # -- creation and opening -------------------------------------------------
     @classmethod
@@ -222,8 +222,10 @@ class Map:
                 hint = "the key is absent and BPF_EXIST was given"
             elif err == _errno.E2BIG:
                 hint = "the map is full or the key is beyond max_entries"
-            elif err == _errno.EPERM and self.flags & (1 << 7 | 1 << 3):
-                hint = "the map is frozen or read-only from user space"
+            elif err == _errno.EPERM and (self.frozen or self.flags & (1 << 3)):
+                raise KernelError(f"updating map {self.name!r}: the map is frozen or "
+                                  "read-only from user space", err,
+                                  hint="write it before freezing, or from the program")
             sc.raise_errno(err, f"updating map {self.name!r}", hint)
 
     def delete(self, key):
@@ -286,6 +288,7 @@ class Map:
         """Make the map read-only for user space (BPF_MAP_FREEZE)."""
         attr = sc.MapFreezeAttr(map_fd=self.fd.fileno())
         sc.bpf(sc.MAP_FREEZE, attr, f"freezing map {self.name!r}")
+        self.frozen = True
 
     # -- batch operations --------------------------------------------------------
     def lookup_batch(self, batch_size=256):
