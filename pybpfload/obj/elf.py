@@ -233,9 +233,13 @@ class _Reader:
                     sleepable=kind.sleepable)
             else:
                 functions[f.name] = body
+        section_sizes = {s.name: s.size for s in sections if s.name}
+        symbol_offsets = {sym.name: sym.value for sym in sorted(
+            self.symbols, key=lambda sym: sym.name) if sym.name and sym.type == STT_OBJECT}
         return ObjectSpec(programs=programs, maps=maps, variables=variables, btf=btf,
                           btf_ext=btf_ext, license=license_, kernel_version=version,
-                          functions=functions)
+                          functions=functions, section_sizes=section_sizes,
+                          symbol_offsets=symbol_offsets)
 
     # -- small sections ------------------------------------------------------
     def _string_section(self, name):

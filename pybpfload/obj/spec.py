@@ -112,3 +112,7 @@ class ObjectSpec:
     kernel_version: int = 0
     #: subprograms by name: list of Instruction (not loadable on their own)
     functions: Dict[str, list] = field(default_factory=dict)
+    #: ELF section name -> size, and object symbol -> value (its offset in its
+    #: section): what ``btf.fixup_datasecs`` needs before the BTF is loaded
+    section_sizes: Dict[str, int] = field(default_factory=dict)
+    symbol_offsets: Dict[str, int] = field(default_factory=dict)
