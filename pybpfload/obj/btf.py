@@ -423,12 +423,17 @@ class BTF:
     def _pos(self, type_id):
         """Word position of a type record of this (not the base) BTF."""
         idx = type_id - self.first_id
-        if idx < 0 or idx >= len(self._offsets) or not isinstance(type_id, int):
+        if idx < 0 or idx >= len(self._offsets):
             raise BTFError(f"BTF type id {type_id} out of range (1..{self.count - 1})")
         return self._offsets[idx]
 
+    def _bad_id(self, type_id):
+        return BTFError(f"BTF type id {type_id!r} is not an integer in 0..{self.count - 1}")
+
     def kind_of(self, type_id):
         """The kind number of a type id (0 for void)."""
+        if type(type_id) is not int:
+            raise self._bad_id(type_id)
         if type_id == 0:
             return KIND_UNKN
         if type_id < self.first_id and self.base is not None:
@@ -437,6 +442,8 @@ class BTF:
 
     def kind_flag_of(self, type_id):
         """The kind_flag bit of a type id."""
+        if type(type_id) is not int:
+            raise self._bad_id(type_id)
         if type_id == 0:
             return False
         if type_id < self.first_id and self.base is not None:
@@ -445,6 +452,8 @@ class BTF:
 
     def name_of(self, type_id):
         """The name of a type id ('' when anonymous)."""
+        if type(type_id) is not int:
+            raise self._bad_id(type_id)
         if type_id == 0:
             return ""
         if type_id < self.first_id and self.base is not None:
@@ -475,6 +484,8 @@ class BTF:
         t = self._cache.get(type_id)
         if t is not None:
             return t
+        if type(type_id) is not int:
+            raise self._bad_id(type_id)
         if type_id == 0:
             t = Void(0, KIND_UNKN, "")
         elif isinstance(type_id, int) and 0 < type_id < self.first_id and self.base is not None:
@@ -697,13 +708,16 @@ class BTF:
         return ids
 
     def find_essential(self, name, kind=None, include_base=True):
-        """Ids of types whose essential name (flavor suffix '___...' cut) is ``name``."""
+        """Ids of types whose essential name (flavor suffix '___...' cut) equals ``name``.
+
+        ``name`` is compared as given: pass ``essential_name(local_name)`` to
+        find the candidates of a local CO-RE type such as 'task_struct___v2'.
+        """
         key = ("~", name, kind, include_base)
         hit = self._find_cache.get(key)
         if hit is not None:
             return list(hit)
-        name = essential_name(name)
-        ids = set(self.find(name, kind, include_base=False))
+        ids = set(self.find(name, kind, include_base=False)) if essential_name(name) == name else set()
         if name:
             for off in self._all_string_matches(name.encode() + b"___"):
                 for tid in self._ids_with_name_off(off):
