@@ -371,3 +371,114 @@ def test_classify_captures_exec_exit_fork(tmp_path, tracefs, cgroups):
     assert len(d) == 1
     assert d[0].path("cgroup_v2_path", "cgroup_v2_depth") == [f"d{i}" for i in range(9, 1, -1)]
     assert d[0].int("cgroup_v2_truncated") == 1
+
+
+# -- syscalls.bpf.c ----------------------------------------------------------
+
+MAX_SYSCALLS, COMPAT_BASE = 1024, 512
+
+# a 64-bit x86 process entering the kernel through int $0x80 makes an ia32
+# (compat) system call: mov eax, 64 (i386 getppid); int 0x80; ret
+_IA32_GETPPID = bytes.fromhex("b840000000cd80c3")
+
+
+def _bpftool_json(*args):
+    res = subprocess.run([BPFTOOL, "-j", *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout) if res.stdout.strip() else None
+
+
+def _hex(data):
+    return ["hex", *(f"{b:02x}" for b in data)]
+
+
+def _percpu_sum(map_path, key):
+    item = _bpftool_json("map", "lookup", "pinned", map_path, "key", *_hex(struct.pack("<I", key)))
+    total = 0
+    for per_cpu in item["values"]:
+        value = per_cpu["value"]
+        total += int.from_bytes(bytes(int(b, 16) for b in value), "little") \
+            if isinstance(value, list) else int(value)
+    return total
+
+
+def _child_script(calls, ia32):
+    """A python child doing `calls` getppid() (through int $0x80 when ia32)."""
+    if not ia32:
+        return f"import os\nfor _ in range({calls}): os.getppid()\n"
+    return (
+        "import ctypes, mmap\n"
+        "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+        f"m.write(bytes.fromhex('{_IA32_GETPPID.hex()}'))\n"
+        "f = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))\n"
+        f"for _ in range({calls}): f()\n"
+    )
+
+
+@pytest.mark.root
+@needs_bpftool
+@pytest.mark.parametrize("mode", ["v2", "v1", "count_all"])
+def test_syscalls_counts_watched_cgroup(tmp_path, cgroups, mode):
+    """Attach count_syscalls; a child in a watched cgroup calls getppid N
+    times: exactly N land in (its slot, getppid); an unwatched child's calls
+    are not counted (unless count_all: slot 0)."""
+    import sys
+
+    from pybpfload.tools.syscall_table import syscall_number
+
+    if _NR is None or os.uname().machine != "x86_64":
+        pytest.skip("the test's syscall numbers are x86_64's")
+    v1_id = _v1_memory_subsys_id()
+    if mode == "v1" and v1_id is None:
+        pytest.skip("no v1 memory hierarchy")
+    knobs = {"count_all": ("<B", 1 if mode == "count_all" else 0)}
+    if mode == "v1":
+        knobs["v1_subsys_id"] = ("<i", v1_id)
+    obj = patched_object(PREBUILT / "syscalls.bpf.o", tmp_path / "syscalls.bpf.o", knobs)
+
+    tag = f"pybtest-{uuid.uuid4().hex[:8]}"
+    root = "/sys/fs/cgroup/memory" if mode == "v1" else CGROUP_V2
+    watched_cg = cgroups(root, tag, "watched")
+    other_cg = cgroups(root, tag, "other")
+    slot, calls = 7, 5000
+    getppid = syscall_number("getppid", "x86_64")
+    ia32_getppid = syscall_number("getppid", "i386")
+
+    def run_in(cgroup, ia32=False):
+        def enter():
+            with open(cgroup + "/cgroup.procs", "w") as f:
+                f.write("0")
+        subprocess.run([sys.executable, "-c", _child_script(calls, ia32)],
+                       preexec_fn=enter, check=True)
+
+    fds = []
+    with loaded(obj) as pin:
+        _bpftool_json("map", "update", "pinned", f"{pin}/maps/watched",
+                      "key", *_hex(struct.pack("<Q", os.stat(watched_cg).st_ino)),
+                      "value", *_hex(struct.pack("<I", slot)))
+        try:
+            prog_fd = _pinned_prog_fd(f"{pin}/progs/count_syscalls")
+            fds.append(prog_fd)
+            fds.append(_attach_raw_tracepoint(prog_fd, "sys_enter"))
+            run_in(watched_cg)
+            run_in(watched_cg, ia32=True)
+            run_in(other_cg)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        counts = f"{pin}/maps/counts"
+        native = _percpu_sum(counts, slot * MAX_SYSCALLS + getppid)
+        compat = _percpu_sum(counts, slot * MAX_SYSCALLS + COMPAT_BASE + ia32_getppid)
+        other = _percpu_sum(counts, getppid)
+        execve = _percpu_sum(counts, slot * MAX_SYSCALLS + syscall_number("execve", "x86_64"))
+        overflow = _percpu_sum(f"{pin}/maps/overflow", 0)
+
+    # python's own start-up does not call getppid
+    assert native == calls
+    assert compat == calls
+    assert execve >= 1  # counting starts in the child before it execs python
+    if mode == "count_all":  # every other task on the host counts there too
+        assert other >= calls
+    else:
+        assert other == 0
+    assert overflow == 0
