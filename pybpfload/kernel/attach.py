@@ -123,6 +123,10 @@ def attach_raw_tracepoint(prog, name):
         if err == 2:  # ENOENT
             raise AttachError(f"raw tracepoint {name} does not exist on this kernel", err,
                               hint="list them in <tracefs>/available_events")
+        if err == 22:  # EINVAL
+            raise AttachError(f"cannot attach program {getattr(prog, 'name', '')!r} to raw "
+                              f"tracepoint {name}: the kernel refused it", err,
+                              hint="load it as a raw_tracepoint program")
         sc.raise_errno(err, f"attaching to raw tracepoint {name}")
     return Link("raw_tracepoint", name, FD(ret))
 
