@@ -12,7 +12,9 @@ the ring, and publishes ``data_tail`` once.
 
 Events come back as memoryviews into the ring, valid until the next
 ``poll``/``drain`` call (that is when their space is handed back to the
-kernel); copy with ``bytes(view)`` to keep one.  :func:`decode_perf_records`
+kernel); copy with ``bytes(view)`` to keep one.  The kernel pads a sample so
+that its u32 size + data is 8-byte aligned, so a view may be up to 4 bytes
+longer than what the program emitted (64 bytes -> 68).  :func:`decode_perf_records`
 is the pure decoder and works over any buffer.
 """
 
