@@ -170,3 +170,17 @@ def test_closing_maps_leaves_no_ids_or_fds():
             break
         time.sleep(0.02)
     assert not set(ids.map_ids()) - before_ids
+
+
+def test_memlock_probe_matches_the_kernel():
+    """Probe by creating a map under RLIMIT_MEMLOCK 0: this kernel (memcg
+    accounting) does not charge memlock, so nothing is raised."""
+    import resource
+    from pybpfload.kernel import features
+    from pybpfload.kernel.memlock import ensure_memlock
+    before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    charged = features.memlock_charged()
+    assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before     # probe restored it
+    assert ensure_memlock() is charged
+    if not charged:
+        assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before

@@ -54,6 +54,24 @@ def decode_ringbuf_records(data, ring_size, cons, prod, out):
     unpack = _U32.unpack_from
     append = out.append
     discarded = 0
+    if limit >= 2 * ring_size:
+        # doubly mapped (the kernel's layout): every record is contiguous
+        while cons < prod:
+            off = cons & mask
+            hdr = unpack(data, off)[0]
+            if hdr & 0xC0000000:
+                if hdr & BUSY_BIT:
+                    break
+                discarded += 1
+                length = hdr & LEN_MASK
+            else:
+                length = hdr
+                append(data[off + 8:off + 8 + length])
+            cons += (length + 15) & ~7
+            if cons > prod:
+                raise ParseError(f"ring buffer record of {length} bytes overruns the "
+                                 f"producer position")
+        return cons, discarded
     while cons < prod:
         off = cons & mask
         if off + HDR_SIZE <= limit:
