@@ -17,11 +17,13 @@ owned by us (or root); writes go to a temporary file renamed into place.
 Every failure to read or write the cache is silent: the index is rebuilt.
 
 File layout: MAGIC (8 bytes) | u32 version | u32 count | 32-byte key |
-u32 crc32 of the payload | payload: count little-endian u32 positions, then
-count little-endian u64 name keys.
+u32 adler32 of the payload, padded to 64 bytes | payload: count
+little-endian u32 positions (padded to 8 bytes), then count little-endian u64
+name keys.  A hit maps the file and uses the arrays in place (no copy).
 """
 
 import hashlib
+import mmap
 import os
 import stat
 import struct
@@ -36,8 +38,9 @@ NT_GNU_BUILD_ID = 3
 SYSTEM_CACHE_DIR = "/var/cache/pybpfload"
 
 _MAGIC = b"PYBTFIDX"
-_VERSION = 2
+_VERSION = 3
 _HEAD = struct.Struct("<8sII32sI")
+_HEAD_SIZE = 64                      # header padded so the arrays are aligned
 _SAMPLE = 64 * 1024
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -145,31 +148,35 @@ def load_index(cache_dir, key):
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not _trusted_owner(st):
+        if not stat.S_ISREG(st.st_mode) or not _trusted_owner(st) or st.st_size < _HEAD_SIZE:
             return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            blob = f.read()
-        if len(blob) < _HEAD.size:
-            return None
-        magic, version, count, stored_key, crc = _HEAD.unpack_from(blob, 0)
-        payload = memoryview(blob)[_HEAD.size:]
+        blob = mmap.mmap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        magic, version, count, stored_key, checksum = _HEAD.unpack_from(blob, 0)
         if magic != _MAGIC or version != _VERSION or stored_key != key:
             return None
-        if len(payload) != 12 * count or zlib.crc32(payload) != crc:
+        keys_at = _HEAD_SIZE + _align8(4 * count)
+        if st.st_size != keys_at + 8 * count:
             return None
-        offsets = array("I")
-        offsets.frombytes(payload[:4 * count])
-        keys = array("Q")
-        keys.frombytes(payload[4 * count:])
+        view = memoryview(blob)
+        if zlib.adler32(view[_HEAD_SIZE:]) != checksum:
+            return None
         if sys.byteorder != "little":
+            offsets = array("I", view[_HEAD_SIZE:_HEAD_SIZE + 4 * count])
+            keys = array("Q", view[keys_at:])
             offsets.byteswap()
             keys.byteswap()
-        return offsets, keys
-    except (OSError, struct.error, ValueError):
+            return offsets, keys
+        # zero-copy: the arrays are views of the private read-only mapping
+        return view[_HEAD_SIZE:_HEAD_SIZE + 4 * count].cast("I"), view[keys_at:].cast("Q")
+    except (OSError, struct.error, ValueError, TypeError):
         return None
     finally:
         os.close(fd)
         os.close(dfd)
+
+
+def _align8(n):
+    return (n + 7) & ~7
 
 
 def store_index(cache_dir, key, index):
@@ -188,8 +195,9 @@ def store_index(cache_dir, key, index):
         if sys.byteorder != "little":
             offsets.byteswap()
             keys.byteswap()
-        payload = offsets.tobytes() + keys.tobytes()
-        blob = _HEAD.pack(_MAGIC, _VERSION, len(offsets), key, zlib.crc32(payload)) + payload
+        payload = offsets.tobytes().ljust(_align8(4 * len(offsets)), b"\0") + keys.tobytes()
+        blob = _HEAD.pack(_MAGIC, _VERSION, len(offsets), key, zlib.adler32(payload)).ljust(
+            _HEAD_SIZE, b"\0") + payload
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
                      0o644, dir_fd=dfd)
         try:
