@@ -38,10 +38,14 @@ def test_docker(roots):
 
 def test_podman(roots):
     _write(f"{roots['podman']}/overlay-containers/containers.json",
-           [{"id": CID, "names": ["happy"], "image": "img1"}, {"id": "x"}, 3, None])
+           [{"id": CID, "names": ["happy"], "image": "img1"}, {"id": "x"}, 3, None,
+            {"id": "b" * 64, "names": ["m"], "image": "f00d", "metadata": '{"image-name":"localhost/bb:1"}'},
+            {"id": "c" * 64, "names": [], "image": "f00d", "metadata": "{bad"}])
     info = RuntimeState(roots).info("podman", CID)
     assert (info.name, info.image) == ("happy", "img1")
     assert RuntimeState(roots).info("podman", "f" * 64) == EMPTY
+    assert RuntimeState(roots).info("podman", "b" * 64).image == "localhost/bb:1"
+    assert RuntimeState(roots).info("podman", "c" * 64).image == "f00d"
 
 
 def test_containerd_kubernetes_and_native(roots):

@@ -5,10 +5,10 @@ runtime keeps, under roots that can be changed (tests, hosts started with
 another ``--root``/``--data-root``):
 
 * docker: ``<docker>/containers/<id>/config.v2.json`` (``Name``, ``Config.Image``)
-* podman: ``<podman>/overlay-containers/containers.json`` (``id``, ``names``, ``image``)
+* podman: ``<podman>/<driver>-containers/containers.json`` (``id``, ``names``, ``image``)
 * containerd: ``<containerd>/io.containerd.runtime.v2.task/<ns>/<id>/config.json``
   (OCI spec; Kubernetes ``io.kubernetes.cri.*`` annotations)
-* CRI-O: ``<crio>/overlay-containers/<id>/userdata/config.json``
+* CRI-O: ``<crio>/<driver>-containers/<id>/userdata/config.json``
   (``io.kubernetes.pod.*``/``io.kubernetes.container.name`` annotations)
 * runc: ``<runc>/<id>/state.json``; crun: ``<crun>/<id>/status``
 
@@ -41,6 +41,10 @@ DEFAULT_ROOTS = {
 MAX_FILE = 4 << 20          # one container's state file
 MAX_PODMAN_DB = 64 << 20    # podman's containers.json lists every container
 MAX_NAME = 255
+
+#: containers/storage keeps its container list under "<driver>-containers"
+STORAGE_DRIVER_DIRS = ("overlay-containers", "vfs-containers", "btrfs-containers",
+                       "zfs-containers", "devmapper-containers", "aufs-containers")
 
 
 @dataclass(frozen=True)
@@ -257,8 +261,11 @@ class RuntimeState:
 
     def _podman(self, cid):
         root = self.roots["podman"]
-        data = read_state_file(root, ["overlay-containers", "containers.json"], MAX_PODMAN_DB)
-        if data is None:
+        for driver_dir in STORAGE_DRIVER_DIRS:
+            data = read_state_file(root, [driver_dir, "containers.json"], MAX_PODMAN_DB)
+            if data is not None:
+                break
+        else:
             return EMPTY
         key = hash(data)
         cached_key, table = self._podman_db
@@ -270,7 +277,7 @@ class RuntimeState:
                     if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                         names = entry.get("names")
                         name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else ""
-                        table[entry["id"]] = (name, _str(entry.get("image")))
+                        table[entry["id"]] = (name, _podman_image(entry))
             self._podman_db = (key, table)
         if cid not in table:
             return EMPTY
@@ -298,8 +305,11 @@ class RuntimeState:
         return EMPTY
 
     def _crio(self, cid):
-        doc = _json(read_state_file(self.roots["cri-o"], ["overlay-containers", cid, "userdata", "config.json"]))
-        if not isinstance(doc, dict):
+        for driver_dir in STORAGE_DRIVER_DIRS:
+            doc = _json(read_state_file(self.roots["cri-o"], [driver_dir, cid, "userdata", "config.json"]))
+            if isinstance(doc, dict):
+                break
+        else:
             return EMPTY
         ann = doc.get("annotations")
         ann = ann if isinstance(ann, dict) else {}
@@ -308,6 +318,17 @@ class RuntimeState:
                              image=_str(ann.get("io.kubernetes.cri-o.ImageName")),
                              pod_name=k8s.get("pod", ""), pod_namespace=k8s.get("ns", ""),
                              pod_uid=k8s.get("uid", ""), found=True)
+
+
+def _podman_image(entry):
+    """The image name podman keeps in the entry's metadata (a JSON string), else the image id."""
+    meta = entry.get("metadata")
+    if isinstance(meta, str) and len(meta) < 65536:
+        doc = _json(meta.encode("utf-8", "replace"))
+        name = _get(doc, "image-name") if isinstance(doc, dict) else None
+        if isinstance(name, str) and name:
+            return name
+    return _str(entry.get("image"))
 
 
 def _k8s_from(ann):
