@@ -2,6 +2,8 @@
 facts llvm-readelf reports about the committed test objects and against the
 names and flags libbpf 1.1 gives the same objects' maps."""
 
+import json
+import os
 import re
 import shutil
 import struct
@@ -345,3 +347,51 @@ def test_committed_objects_are_what_the_sources_build(name, tmp_path):
                     "-Itests/bpf", "-c", f"tests/bpf/{name}.bpf.c", "-o", str(out)],
                    cwd=root, check=True)
     assert out.read_bytes() == (OBJECTS / f"{name}.bpf.o").read_bytes()
+
+
+# -- libbpf as oracle ------------------------------------------------------------------
+
+def _bpftool_maps():
+    out = subprocess.run(["bpftool", "-j", "map", "show"], check=True, capture_output=True,
+                         text=True).stdout
+    return {m["id"]: m for m in json.loads(out or "[]")}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", ["globals", "maps"])
+def test_maps_match_what_libbpf_creates(name, tmp_path):
+    """bpftool prog loadall (libbpf) creates the same maps: names, types, sizes, flags.
+
+    (subprogs.bpf.o is not comparable: libbpf 1.1 refuses its static function
+    in a program section; legacy.bpf.o neither: libbpf 1.x dropped "maps".)
+    """
+    if not shutil.which("bpftool"):
+        pytest.skip("bpftool not installed")
+    from pybpfload.kernel.bpffs import ensure_bpffs
+    from pybpfload.kernel.features import possible_cpus
+
+    bpffs = ensure_bpffs()
+    pin_dir = f"{bpffs}/pybpfload_test_elf_{os.getpid()}_{name}"
+    obj = read(name)
+    # libbpf pins PIN_BY_NAME maps as <bpffs>/<name>: those pins are ours to remove
+    map_pins = [f"{bpffs}/{n}" for n, m in obj.maps.items() if m.pinning]
+    if any(os.path.exists(p) for p in map_pins):
+        pytest.skip(f"a pin among {map_pins} already exists; libbpf would reuse it")
+    before = set(_bpftool_maps())
+    try:
+        subprocess.run(["bpftool", "prog", "loadall", str(OBJECTS / f"{name}.bpf.o"),
+                        pin_dir], check=True, capture_output=True, text=True)
+        created = {m["name"]: m for i, m in _bpftool_maps().items() if i not in before}
+    finally:
+        shutil.rmtree(pin_dir, ignore_errors=True)
+        for p in map_pins:
+            if os.path.exists(p):
+                os.unlink(p)
+    for mname, m in obj.maps.items():
+        kname = mname[:15]
+        got = created.get(kname)
+        assert got is not None, (kname, sorted(created))
+        entries = m.max_entries or len(possible_cpus())
+        assert (spec.MAP_TYPES[got["type"]], got["bytes_key"], got["bytes_value"],
+                got["max_entries"], got["flags"]) == (
+            m.type, m.key_size, m.value_size, entries, m.flags), mname
