@@ -206,6 +206,51 @@ class Record:
                 for i in range(self.int(depth_name))]
 
 
+class _EventPipe:
+    """`bpftool -j map event_pipe` on a pinned perf event array, its output
+    collected by a thread (unbuffered through stdbuf)."""
+
+    def __init__(self, events_map):
+        import threading
+
+        self.proc = subprocess.Popen(["stdbuf", "-o0", BPFTOOL, "-j", "map", "event_pipe",
+                                      "pinned", events_map],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.chunks = []
+        self.thread = threading.Thread(target=self._collect, daemon=True)
+        self.thread.start()
+
+    def _collect(self):
+        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
+            self.chunks.append(chunk)
+
+    def wait_ready(self, timeout=10.0):
+        """Exec a marker until its event shows up: until then the reader's
+        rings are not in the map yet and events are dropped."""
+        marker = f"pybtest-marker-{uuid.uuid4().hex[:8]}"
+        needle = ",".join(str(b) for b in marker.encode()).encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
+            subprocess.run(["/bin/true", marker], check=True)
+            time.sleep(0.05)
+            if needle in b"".join(self.chunks):
+                return
+        raise AssertionError("bpftool map event_pipe never delivered an event")
+
+    def stop(self):
+        """Stop the reader; the raw records it read."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.thread.join(timeout=10)
+        self.proc.stderr.close()
+        return _event_pipe_samples(b"".join(self.chunks))
+
+
 def _event_pipe_samples(out):
     """The raw records in `bpftool -j map event_pipe` output."""
     return [bytes(item["data"]) for item in json.loads(out) if "data" in item]
@@ -289,28 +334,23 @@ def test_classify_captures_exec_exit_fork(tmp_path, tracefs, cgroups):
             fds.append(prog_fd)
             fds.append(_attach_raw_tracepoint(prog_fd, "sched_process_fork"))
 
-            reader = subprocess.Popen([BPFTOOL, "-j", "map", "event_pipe", "pinned",
-                                       f"{pin}/maps/events"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            reader = _EventPipe(f"{pin}/maps/events")
             try:
-                time.sleep(0.5)  # the reader has set up its rings
+                reader.wait_ready()
                 long_arg = "x" * 300
                 sh = subprocess.Popen(["/bin/sh", "-c", "/bin/true hello world; exit 3"],
                                       preexec_fn=join(v2_leaf, v1_leaf))
                 sh.wait()
-                in_ns = subprocess.run(["unshare", "--pid", "--fork", "/bin/true", long_arg],
-                                       check=True)
-                deep_run = subprocess.run(["/bin/true", "deep"], preexec_fn=join(deep))
-                time.sleep(0.5)
+                subprocess.run(["unshare", "--pid", "--fork", "/bin/true", long_arg], check=True)
+                subprocess.run(["/bin/true", "deep"], preexec_fn=join(deep), check=True)
+                time.sleep(0.3)
             finally:
-                reader.send_signal(signal.SIGINT)
-                out, err = reader.communicate(timeout=10)
+                samples = reader.stop()
         finally:
             for fd in fds:
                 os.close(fd)
 
-    samples = _event_pipe_samples(out)
-    assert samples, f"no events read: {err.decode()[-2000:]}"
+    assert samples, "no events read"
     types = {}
     for s in samples:
         types.setdefault(struct.unpack_from("<I", s)[0], []).append(s)
