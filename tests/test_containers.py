@@ -189,3 +189,24 @@ def test_identity_is_hashable_and_short():
     ident = identify_path(f"/docker/{H64}")
     assert ident.short_id == H64[:12]
     assert {ident: 1}[Identity("docker", H64, None, None, None, f"/docker/{H64}")] == 1
+
+
+def test_fuzzed_paths_never_raise():
+    from hypothesis import given, settings, strategies as st
+    seg = st.one_of(
+        st.sampled_from(["docker", "kubepods", "kubepods.slice", "lxc", "lxc.payload", "lxc.monitor",
+                         "libpod_parent", "machine.slice", "supervisor", "init.scope", H64,
+                         f"pod{UID}", f"docker-{H64}.scope", f"crio-conmon-{H64}", ":crio:",
+                         r"machine-\x2d.scope", "machine-.scope", "lxc.payload."]),
+        st.text(max_size=20))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(seg, max_size=8), st.booleans())
+    def check(parts, lead):
+        path = ("/" if lead else "") + "/".join(parts)
+        ident = identify(path, lambda name, parent: "runc" if name == H64 else None)
+        assert isinstance(ident, Identity)
+        classify_process(ident, 0, path.encode("utf-8", "surrogatepass"))
+        identify(f"0::{path}\n1:cpu:{path}")
+
+    check()
