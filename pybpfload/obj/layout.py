@@ -28,11 +28,11 @@ _INT_FORMATS = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h"
 class Layout:
     """A compiled decoder for one BTF type."""
 
-    def __init__(self, btf, type_id):
+    def __init__(self, btf, type_id, raw=()):
         self.btf = btf
         self.type_id = type_id
         self.size = btf.size_of(type_id)
-        self._decode = _compile(btf, type_id, 0)
+        self._decode = _compile(btf, type_id, 0, frozenset(raw))
         t = btf[btf.skip_mods_and_typedefs(type_id)]
         self.fields = tuple(m.name for m in t.members) if t.kind in (
             btfmod.KIND_STRUCT, btfmod.KIND_UNION) else ()
@@ -41,16 +41,20 @@ class Layout:
                        if self.fields and all(self.fields) else None)
 
     @classmethod
-    def of(cls, btf, type_id):
-        return cls(btf, type_id)
+    def of(cls, btf, type_id, raw=()):
+        return cls(btf, type_id, raw)
 
     @classmethod
-    def of_struct(cls, btf, name):
-        """The layout of ``struct NAME`` (or union, or typedef of one)."""
+    def of_struct(cls, btf, name, raw=()):
+        """The layout of ``struct NAME`` (or union, or typedef of one).
+
+        Members named in ``raw`` that are ``char`` arrays keep all their bytes
+        (e.g. NUL-separated argument lists) instead of being cut at the first NUL.
+        """
         for kind in (btfmod.KIND_STRUCT, btfmod.KIND_UNION, btfmod.KIND_TYPEDEF):
             ids = btf.find(name, kind)
             if ids:
-                return cls(btf, ids[0])
+                return cls(btf, ids[0], raw)
         raise BTFError(f"no struct or union named {name!r} in the BTF")
 
     def decode(self, data, offset=0):
@@ -72,7 +76,7 @@ def _ident(name):
     return name if name.isidentifier() else "_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
-def _compile(btf, type_id, depth):
+def _compile(btf, type_id, depth, raw=frozenset()):
     if depth > 32:
         raise BTFError(f"type [{type_id}] nests too deeply to decode")
     tid = btf.skip_mods_and_typedefs(type_id)
@@ -121,6 +125,9 @@ def _compile(btf, type_id, depth):
                 start = (m.bit_offset // (size * 8)) * size
                 parts.append((m.name, start, _bits_decoder(size, m.bit_offset - start * 8,
                                                            m.bitfield_size, signed)))
+            elif m.name in raw:
+                size = btf.size_of(m.type)
+                parts.append((m.name, byte_off, lambda d, o, n=size: bytes(d[o:o + n])))
             else:
                 parts.append((m.name, byte_off, _compile(btf, m.type, depth + 1)))
         names = [p[0] or f"_anon{i}" for i, p in enumerate(parts)]

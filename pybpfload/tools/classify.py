@@ -1,0 +1,243 @@
+"""``python -m pybpfload classify``: every exec on the host, live, as container or host.
+
+The BPF program (``bpf/classify.bpf.c``) captures at exec time, in the
+kernel, everything needed to decide: the PID namespace the task really runs
+in (its level: 0 is the host's initial one), its mount namespace, and its
+cgroup paths (v2 and one v1 hierarchy) as kernfs names.  So a process that
+is gone before user space looks is still classified.  User space turns the
+cgroup paths into a container identity (:mod:`.containers`) — a PID
+namespace alone proves nothing (``unshare -p`` is not a container, a
+``--pid=host`` container is one) — and names the container from the
+runtime's state on disk.
+"""
+
+import datetime
+import os
+import signal
+import sys
+import time
+
+from ..errors import BPFError
+from . import output, process_view
+from .procfs import walk
+
+#: event types sent by classify.bpf.c (bpf/events.h)
+EVENT_EXEC, EVENT_EXIT, EVENT_FORK = 1, 2, 3
+INIT_PID_NS_INO = 0xEFFFFFFC
+INIT_CGROUP_NS_INO = 0xEFFFFFFB
+#: v1 controllers to read the cgroup path from, best first (memory last: some
+#: hosts keep their own processes' memory cgroups apart from the others)
+V1_PREFERENCE = ("cpu", "pids", "devices", "freezer", "cpuacct", "blkio", "cpuset", "memory")
+
+
+def add_arguments(parser):
+    process_view.add_filter_arguments(parser)
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="stop after this many seconds")
+    parser.add_argument("--object", metavar="FILE",
+                        help="the BPF object to load (default: the prebuilt classify.bpf.o)")
+    parser.add_argument("--pages", type=int, default=64,
+                        help="perf ring pages per CPU, a power of two (default: %(default)s)")
+    parser.add_argument("--no-seed", action="store_true",
+                        help="do not walk /proc at start to learn the running processes")
+
+
+def prebuilt_object(name):
+    """Path of a prebuilt BPF object shipped with pybpfload."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(here, "..", "prebuilt", name),
+                 os.path.join(here, "..", "..", "prebuilt", name)):
+        if os.path.exists(cand):
+            return os.path.normpath(cand)
+    raise BPFError(f"the prebuilt BPF object {name} is missing",
+                   hint="reinstall pybpfload, or run 'make' in its source tree")
+
+
+def choose_v1_subsys(kernel_btf, proc_cgroups="/proc/cgroups"):
+    """(index into task->cgroups->subsys[], controller name) of a mounted v1
+    controller, or (-1, None) on a host with cgroup v2 only."""
+    mounted = set()
+    try:
+        with open(proc_cgroups) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and not line.startswith("#") and parts[1] != "0" \
+                        and parts[3] == "1":
+                    mounted.add(parts[0])
+    except OSError:
+        return -1, None
+    from ..obj import btf as btfmod
+    ids = kernel_btf.find("cgroup_subsys_id", btfmod.KIND_ENUM)
+    if not ids:
+        return -1, None
+    values = {v.name: v.value for v in kernel_btf[ids[0]].values}
+    for ctrl in V1_PREFERENCE:
+        if ctrl in mounted and f"{ctrl}_cgrp_id" in values:
+            return values[f"{ctrl}_cgrp_id"], ctrl
+    return -1, None
+
+
+def self_awareness():
+    """Warnings when this process cannot see the whole host."""
+    notes = []
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:") and len(line.split()) > 2:
+                    notes.append("pybpfload runs inside a PID namespace (not the host's): "
+                                 "pids are shown as the host sees them, but the /proc view "
+                                 "and names may be partial; run with the host PID namespace")
+    except OSError:
+        pass
+    try:
+        ino = os.stat("/proc/self/ns/cgroup").st_ino
+        if ino != INIT_CGROUP_NS_INO:
+            notes.append("pybpfload runs inside a cgroup namespace: cgroup paths are cut at "
+                         "its root, so containers may not be recognised; run with the "
+                         "host cgroup namespace")
+    except OSError:
+        pass
+    return notes
+
+
+def _path(names, depth, truncated):
+    parts = [output.text(n) for n in names[:depth]]
+    path = "/" + "/".join(reversed(parts))
+    return ("..." + path) if truncated else path
+
+
+def _args(raw, length):
+    data = bytes(raw[:length]) if length else b""
+    return [a for a in data.split(b"\0") if a] if data else []
+
+
+class Stop(Exception):
+    """SIGTERM or the end of --duration."""
+
+
+class Classifier:
+    """Turns decoded events into records; keeps a bounded pid cache."""
+
+    def __init__(self, resolver, v1_controller=None, max_pids=65536):
+        self.resolver = resolver
+        self.v1_controller = v1_controller or ""
+        self.max_pids = max_pids
+        self.pids = {}           # pid -> (type, container_id)
+        self.clock_offset = time.time() - time.monotonic()
+
+    def seed(self, procs):
+        for p in procs:
+            ident = self.resolver.identity(None, p.cgroup)
+            self._remember(p.pid, "container" if ident.is_container else "host",
+                           ident.container_id)
+
+    def _remember(self, pid, kind, cid):
+        if len(self.pids) >= self.max_pids and pid not in self.pids:
+            self.pids.pop(next(iter(self.pids)))
+        self.pids[pid] = (kind, cid)
+
+    def exited(self, pid):
+        self.pids.pop(pid, None)
+
+    def record(self, ev):
+        v2 = _path(ev["cgroup_v2_path"], ev["cgroup_v2_depth"], ev["cgroup_v2_truncated"])
+        cg_input = [(0, "", v2)]
+        v1 = None
+        if ev["v1_cgroup_id"]:
+            v1 = _path(ev["cgroup_v1_path"], ev["cgroup_v1_depth"], ev["cgroup_v1_truncated"])
+            cg_input.append((1, self.v1_controller, v1))
+        ident = self.resolver.identity((ev["cgroup_id"], ev["v1_cgroup_id"]), cg_input)
+        comm = output.text(ev["comm"])
+        fields = self.resolver.fields(ident, ev["pid_ns_level"], comm)
+        self._remember(ev["pid"], fields["type"], fields["container_id"])
+        wall = ev["time_ns"] / 1e9 + self.clock_offset
+        rec = {
+            "time": datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
+            .isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "pid": ev["pid"], "tid": ev["tid"], "ppid": ev["ppid"], "nspid": ev["ns_pid"],
+            "uid": ev["uid"], "gid": ev["gid"], "comm": comm,
+            "filename": output.text(ev["filename"]),
+            "args": [output.text(a) for a in _args(ev["args"], ev["args_len"])],
+            "args_truncated": bool(ev["args_truncated"]),
+        }
+        rec.update(fields)
+        rec.update({
+            "cgroup": ident.cgroup or (v1 if v2 == "/" and v1 else v2),
+            "cgroup_id": ev["cgroup_id"],
+            "cgroup_v1": v1,
+            "pidns": ev["pid_ns_inum"], "pidns_level": ev["pid_ns_level"],
+            "mntns": ev["mnt_ns_inum"], "cgroupns": ev["cgroup_ns_inum"],
+        })
+        return rec
+
+
+def run(args):
+    from ..kernel.bpf_object import BPFObject, kernel_btf
+    from ..obj.layout import Layout
+
+    for note in self_awareness():
+        print(f"pybpfload: note: {note}", file=sys.stderr)
+    resolver = process_view.Resolver(process_view.state_from_args(args))
+    out = sys.stdout
+    stats = {"events": 0, "container": 0, "host": 0, "shown": 0}
+    reader = None
+
+    def on_term(signum, frame):
+        raise Stop()
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    obj = BPFObject(args.object or prebuilt_object("classify.bpf.o"))
+    try:
+        subsys, ctrl = choose_v1_subsys(kernel_btf())
+        obj.set_variable("v1_subsys_id", subsys)
+        obj.load()
+        exec_layout = Layout.of_struct(obj.spec.btf, "exec_event", raw=("args",))
+        exit_layout = Layout.of_struct(obj.spec.btf, "exit_event")
+        classifier = Classifier(resolver, ctrl)
+        reader = obj.perf_buffer("events", args.pages)
+        obj.attach()
+        if not args.no_seed:
+            classifier.seed(walk())
+        table = None
+        if not args.json:
+            table = output.Table([("TIME", 8)] + process_view.COLUMNS, out)
+            table.header()
+            out.flush()
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        lost_reported = 0
+        while True:
+            timeout = 500
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                timeout = max(1, min(timeout, int(left * 1000)))
+            for raw in reader.poll(timeout):
+                etype = int.from_bytes(raw[:4], "little")
+                if etype == EVENT_EXEC and len(raw) >= exec_layout.size:
+                    rec = classifier.record(exec_layout.decode(raw))
+                    stats["events"] += 1
+                    stats[rec["type"]] += 1
+                    if not process_view.wanted(rec, args):
+                        continue
+                    stats["shown"] += 1
+                    if table is None:
+                        out.write(output.json_line(rec) + "\n")
+                    else:
+                        table.row([rec["time"][11:19]] + process_view.table_values(rec))
+                elif etype == EVENT_EXIT and len(raw) >= exit_layout.size:
+                    classifier.exited(exit_layout.decode(raw)["pid"])
+            out.flush()
+            if reader.lost > lost_reported:
+                print(f"pybpfload: warning: {reader.lost - lost_reported} events lost "
+                      f"(the reader fell behind; try --pages {args.pages * 2})", file=sys.stderr)
+                lost_reported = reader.lost
+    except (KeyboardInterrupt, Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        lost = reader.lost if reader is not None else 0
+        obj.close()
+        print(f"pybpfload classify: {stats['events']} execs ({stats['container']} in "
+              f"containers, {stats['host']} on the host), {stats['shown']} shown, "
+              f"{lost} lost", file=sys.stderr)
+    return 0
