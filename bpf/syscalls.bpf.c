@@ -13,7 +13,8 @@
  *             (nr >= COMPAT_BASE, negative nr, x32 numbers, slot too big)
  *
  * Knobs (.rodata):
- *   v1_subsys_id  -1: key by cgroup v2 id (bpf_get_current_cgroup_id());
+ *   v1_subsys_id  -1: key by cgroup v2 id (bpf_get_current_cgroup_id()'s
+ *                 value: task->cgroups->dfl_cgrp->kn->id);
  *                 >= 0: key by the kernfs id of the task's cgroup in that
  *                 v1 hierarchy (task->cgroups->subsys[id]->cgroup->kn->id,
  *                 the same value as classify's exec_event.v1_cgroup_id).
@@ -76,7 +77,8 @@ int count_syscalls(struct bpf_raw_tracepoint_args *ctx)
 	__u64 cgid;
 
 	if (v1_subsys_id < 0) {
-		cgid = bpf_get_current_cgroup_id();
+		/* what bpf_get_current_cgroup_id() returns, without the call */
+		cgid = task->cgroups->dfl_cgrp->kn->id;
 	} else {
 		if (v1_subsys_id >= bpf_core_field_size(task->cgroups->subsys) / sizeof(void *))
 			return 0;
