@@ -23,6 +23,7 @@ import select
 import struct
 
 from ..errors import KernelError, ParseError
+from .event_reader import EpollReader
 from . import perf_event as pe
 from .features import online_cpus
 from .fd import FD
@@ -126,7 +127,7 @@ class _CpuRing:
         self.fd.close()
 
 
-class PerfBuffer:
+class PerfBuffer(EpollReader):
     """Per-CPU perf rings behind a PERF_EVENT_ARRAY map.
 
     ``page_count`` data pages per CPU (a power of two).  Wake-up after
@@ -166,10 +167,6 @@ class PerfBuffer:
             self.close()
             raise
 
-    def fileno(self):
-        """The epoll fd: readable when some ring has data."""
-        return self._epoll.fileno()
-
     def release(self):
         """Hand the space of the events returned last back to the kernel."""
         for ring in self._rings:
@@ -195,26 +192,6 @@ class PerfBuffer:
                 raise
             ring.pending_tail = head
         return out
-
-    def poll(self, timeout_ms=-1, callback=None):
-        """Wait up to ``timeout_ms`` (-1: forever) for events; return them as a list.
-
-        With ``callback``, call ``callback(events)`` with the batch, release its
-        space at once, and return the number of events.
-        """
-        events = self.drain()
-        if not events and timeout_ms != 0:
-            try:
-                self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-            except InterruptedError:
-                pass
-            events = self.drain(events)
-        if callback is None:
-            return events
-        if events:
-            callback(events)
-        self.release()
-        return len(events)
 
     def close(self):
         for ring in self._rings:

@@ -19,6 +19,7 @@ import select
 import struct
 
 from ..errors import KernelError, ParseError
+from .event_reader import EpollReader
 
 __all__ = ["RingBuffer", "decode_ringbuf_records", "BUSY_BIT", "DISCARD_BIT"]
 
@@ -104,7 +105,7 @@ def _take(data, ring_size, off, n):
     return first + bytes(data[:n - len(first)])
 
 
-class RingBuffer:
+class RingBuffer(EpollReader):
     """Reader of one RINGBUF map.  ``counter_map``: an array map whose u64 value
     at key 0 (summed over CPUs for per-CPU arrays) counts failed outputs."""
 
@@ -134,9 +135,6 @@ class RingBuffer:
         prod = memoryview(self._prod_mm)
         self._prod = prod[:8]
         self._data = prod[PAGE_SIZE:]
-
-    def fileno(self):
-        return self._epoll.fileno()
 
     @property
     def dropped(self):
@@ -169,23 +167,6 @@ class RingBuffer:
             if new != cons:
                 self._pending = new
         return out
-
-    def poll(self, timeout_ms=-1, callback=None):
-        """Wait up to ``timeout_ms`` for records; return them (or, with
-        ``callback``, hand the batch to it, release, and return the count)."""
-        events = self.drain()
-        if not events and timeout_ms != 0:
-            try:
-                self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-            except InterruptedError:
-                pass
-            events = self.drain(events)
-        if callback is None:
-            return events
-        if events:
-            callback(events)
-        self.release()
-        return len(events)
 
     def close(self):
         for name in ("_cons", "_prod", "_data"):

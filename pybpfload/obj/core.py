@@ -34,20 +34,11 @@ __all__ = [
     "TYPE_EXISTS", "TYPE_SIZE", "ENUMVAL_EXISTS", "ENUMVAL_VALUE", "TYPE_MATCHES",
 ]
 
-# enum bpf_core_relo_kind (the kernel's UAPI numbers)
-FIELD_BYTE_OFFSET = 0
-FIELD_BYTE_SIZE = 1
-FIELD_EXISTS = 2
-FIELD_SIGNED = 3
-FIELD_LSHIFT_U64 = 4
-FIELD_RSHIFT_U64 = 5
-TYPE_ID_LOCAL = 6
-TYPE_ID_TARGET = 7
-TYPE_EXISTS = 8
-TYPE_SIZE = 9
-ENUMVAL_EXISTS = 10
-ENUMVAL_VALUE = 11
-TYPE_MATCHES = 12
+# enum bpf_core_relo_kind: the kernel's UAPI numbers, defined with the records
+from .btf_ext import (  # noqa: E402  (re-exported)
+    ENUMVAL_EXISTS, ENUMVAL_VALUE, FIELD_BYTE_OFFSET, FIELD_BYTE_SIZE, FIELD_EXISTS,
+    FIELD_LSHIFT_U64, FIELD_RSHIFT_U64, FIELD_SIGNED, TYPE_EXISTS, TYPE_ID_LOCAL,
+    TYPE_ID_TARGET, TYPE_MATCHES, TYPE_SIZE)
 
 #: kind number -> what it computes, in words
 KIND_NAMES = {
