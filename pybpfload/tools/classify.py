@@ -40,6 +40,9 @@ def add_arguments(parser):
                         help="perf ring pages per CPU, a power of two (default: %(default)s)")
     parser.add_argument("--no-seed", action="store_true",
                         help="do not walk /proc at start to learn the running processes")
+    parser.add_argument("--ready-file", metavar="PATH",
+                        help="once attached (every exec from then on is reported), write "
+                             "this process's pid to PATH: for scripts and tests to wait on")
 
 
 def prebuilt_object(name):
@@ -109,6 +112,21 @@ def _path(names, depth, truncated):
 def _args(raw, length):
     data = bytes(raw[:length]) if length else b""
     return [a for a in data.split(b"\0") if a] if data else []
+
+
+def announce_ready(path):
+    """Write our pid to ``path`` (created or truncated; a symlink there is
+    refused rather than followed, since we run as root)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise BPFError(f"cannot write the ready file {path}: {exc.strerror}",
+                       hint="give a path in a writable directory that is not a symlink")
 
 
 class Stop(Exception):
@@ -195,6 +213,8 @@ def run(args):
         classifier = Classifier(resolver, ctrl)
         reader = obj.perf_buffer("events", args.pages)
         obj.attach()
+        if args.ready_file:
+            announce_ready(args.ready_file)
         if not args.no_seed:
             classifier.seed(walk())
         table = None
