@@ -12,6 +12,11 @@
             for raw in events.poll(1000):
                 ...
 
+Maps read back decoded through the object's BTF with :meth:`BPFObject.typed_map`
+(structs as dicts or named tuples, per-CPU values as lists); ``pin()`` pins
+programs, maps and links in bpffs so they outlive the process (the ``load``
+command).
+
 ``load()`` walks the kernel-free layer's output into the kernel: the
 object's BTF (fixed up and sanitized for what this kernel accepts), its maps
 (global data initialised, ``.rodata`` frozen, pinned maps reused), then each
@@ -101,6 +106,15 @@ class LoadedProgram:
             self.link.close()
             self.link = None
 
+    def release_link(self):
+        """Close our fds of the link without detaching it: for a link pinned in
+        bpffs, which keeps the program attached after this process exits."""
+        link, self.link = self.link, None
+        if link is not None:
+            for fd in (link.perf_fd, link.link_fd):
+                if fd is not None:
+                    fd.close()
+
     def close(self):
         self.detach()
         self.program.close()
@@ -113,6 +127,10 @@ class BPFObject:
         if isinstance(source, (bytes, bytearray, memoryview)):
             self.path = None
             self.spec = elf.read_object(bytes(source), name or "obj")
+        elif not isinstance(source, (str, os.PathLike)) and hasattr(source, "read_bytes"):
+            # a Traversable, e.g. a prebuilt object inside a zipapp (resources.py)
+            self.path = None
+            self.spec = elf.read_object(source.read_bytes(), name or elf.object_name(source.name))
         else:
             self.path = os.fspath(source)
             self.spec = elf.read_object_file(self.path)
@@ -278,7 +296,23 @@ class BPFObject:
         """Attach one program, or every program; returns the links."""
         self._need_loaded()
         targets = [self.program(name)] if name else list(self.programs.values())
-        return [p.attach() for p in targets]
+        fresh = []
+        try:
+            links = []
+            for p in targets:
+                if p.link is None:
+                    fresh.append(p)
+                links.append(p.attach())
+            return links
+        except BaseException:
+            for p in fresh:    # all or nothing: detach what this call attached
+                p.detach()
+            raise
+
+    def detach(self, name=None):
+        """Detach one program, or every program (they stay loaded)."""
+        for p in ([self.program(name)] if name else list(self.programs.values())):
+            p.detach()
 
     def program(self, name):
         self._need_loaded()
@@ -299,6 +333,53 @@ class BPFObject:
                            f"{', '.join(sorted(self.maps)) or 'none'})")
         return m
 
+    def typed_map(self, name, tuples=False):
+        """The map ``name`` with keys and values decoded through the object's BTF
+        (see :class:`TypedMap`); ``tuples`` gives named tuples instead of dicts."""
+        m = self.map(name)
+        spec = self.spec.maps.get(name) or next(
+            s for s in self.spec.maps.values() if s.name == m.name or s.section == name)
+        return TypedMap(m, self.spec.btf, spec.key_type_id, spec.value_type_id,
+                        tuples=tuples, symbol_offsets=self.spec.symbol_offsets)
+
+    @property
+    def btf(self):
+        """The object's own BTF (``obj.btf.BTF``), e.g. for ``Layout.of_struct``."""
+        return self.spec.btf
+
+    def pin(self, prog_dir, map_dir=None, link_dir=None):
+        """Pin every program as ``prog_dir/<name>``, every map as
+        ``map_dir/<name>`` and every attached program's link as
+        ``link_dir/<program name>`` (dirs must be on a bpffs and exist).
+        Returns the paths pinned; on failure, unpins those again."""
+        from .bpffs import pin
+        self._need_loaded()
+        todo = [(os.path.join(prog_dir, n), p.program.fd) for n, p in self.programs.items()]
+        if map_dir is not None:
+            todo += [(os.path.join(map_dir, n), m.fd) for n, m in self.maps.items()
+                     if self.spec.maps[n].pinning != PIN_BY_NAME]
+        if link_dir is not None:
+            for n, p in self.programs.items():
+                if p.link is not None:
+                    if p.link.link_fd is None:
+                        raise attachmod.AttachError(
+                            f"program {n!r} is attached without a bpf link, which cannot "
+                            "be pinned", hint="this kernel lacks perf links (5.15+)")
+                    todo.append((os.path.join(link_dir, n), p.link.link_fd))
+        done = []
+        try:
+            for path, fd in todo:
+                pin(fd, path)
+                done.append(path)
+        except BaseException:
+            for path in done:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+        return done
+
     def perf_buffer(self, map_name, page_count=64, **kw):
         from .perf_buffer import PerfBuffer
         reader = PerfBuffer(self.map(map_name), page_count, **kw)
@@ -316,11 +397,15 @@ class BPFObject:
             raise BPFError("the object is not loaded yet", hint="call load() first")
 
     # -- teardown ----------------------------------------------------------------
-    def close(self):
+    def close(self, keep_links=False):
+        """Close everything; ``keep_links`` leaves attached programs attached
+        through their pinned links (see :meth:`pin`)."""
         for r in reversed(self._readers):
             r.close()
         self._readers = []
         for p in self.programs.values():
+            if keep_links:
+                p.release_link()
             p.close()
         self.programs = {}
         for m in list(self.maps.values()) + self._inner_maps:
@@ -343,3 +428,90 @@ class BPFObject:
             self.close()
         except Exception:
             pass
+
+
+class TypedMap:
+    """A :class:`~pybpfload.kernel.maps.Map` read through BTF.
+
+    Keys and values decode with :class:`~pybpfload.obj.layout.Layout`: structs
+    become dicts (or named tuples with ``tuples=True``), integers ints,
+    ``char[]`` bytes; a per-CPU map's value is a list with one entry per
+    possible CPU; a global data map's value is a dict of its variables.  A
+    side without a BTF type decodes as an int when it is 1, 2, 4 or 8 bytes,
+    else as bytes.  Keys passed in (``lookup``, ``[]``, ``update``) are raw:
+    bytes, or an int packed to the key size.
+    """
+
+    def __init__(self, kmap, btf, key_type_id=0, value_type_id=0, tuples=False,
+                 symbol_offsets=None):
+        self.map = kmap
+        self.name = kmap.name
+        self.decode_key = _decoder(btf, key_type_id, kmap.key_size, tuples, symbol_offsets)
+        one = _decoder(btf, value_type_id, kmap.value_size, tuples, symbol_offsets)
+        self._one_value = one
+        self.decode_value = (lambda vs: [one(v) for v in vs]) if kmap.is_percpu else one
+
+    def lookup(self, key):
+        """The decoded value of raw ``key``, or None."""
+        raw = self.map.lookup(key)
+        return None if raw is None else self.decode_value(raw)
+
+    get = lookup
+
+    def __getitem__(self, key):
+        value = self.lookup(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def update(self, key, value, flags=0):
+        """Write a raw value (bytes, int, or a list of them per CPU)."""
+        self.map.update(key, value, flags)
+
+    def keys(self):
+        for raw in self.map.keys():
+            yield self.decode_key(raw)
+
+    def items(self):
+        """(decoded key, decoded value) pairs."""
+        for raw_key, raw_value in self.map.items():
+            yield self.decode_key(raw_key), self.decode_value(raw_value)
+
+    def values(self):
+        for _, value in self.items():
+            yield value
+
+    def __iter__(self):
+        return self.keys()
+
+    def __repr__(self):
+        return f"TypedMap({self.map!r})"
+
+
+def _decoder(btf, type_id, size, tuples, symbol_offsets):
+    """A function bytes -> value for ``type_id`` of ``btf`` (see TypedMap)."""
+    from ..obj.layout import Layout
+    if btf is not None and type_id:
+        tid = btf.skip_mods_and_typedefs(type_id)
+        t = btf[tid]
+        if t.kind == btfmod.KIND_DATASEC:
+            return _datasec_decoder(btf, t, symbol_offsets or {}, tuples)
+        layout = Layout.of(btf, tid)
+        return layout.decode_tuple if tuples else layout.decode
+    if size in (1, 2, 4, 8):
+        return lambda raw: int.from_bytes(raw, "little")
+    return bytes
+
+
+def _datasec_decoder(btf, sec, symbol_offsets, tuples):
+    from ..obj.layout import Layout
+    fields = []
+    for v in sec.vars:
+        var = btf[v.type]
+        off = symbol_offsets.get(var.name, v.offset)
+        layout = Layout.of(btf, var.type)
+        fields.append((var.name, off, layout.decode_tuple if tuples else layout.decode))
+
+    def decode(raw):
+        return {name: fn(raw, off) for name, off, fn in fields if off < len(raw)}
+    return decode

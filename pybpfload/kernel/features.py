@@ -214,42 +214,19 @@ def unsupported_btf_kinds():
     return frozenset(bad)
 
 
-# extra bytes after struct btf_type, per kind: (fixed, per vlen entry)
-_KIND_EXTRA = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8),
-               7: (0, 0), 8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0),
-               13: (0, 8), 14: (4, 0), 15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0),
-               19: (0, 12)}
-
-
-@functools.lru_cache(maxsize=None)
-def _vmlinux_index(path="/sys/kernel/btf/vmlinux"):
-    with open(path, "rb") as f:
-        data = f.read()
-    magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
-        _BTF_HDR.unpack_from(data)
-    types = hdr_len + type_off
-    strs = hdr_len + str_off
-    index = {}
-    pos, end, tid = types, types + type_len, 1
-    unpack = _T.unpack_from
-    while pos < end:
-        name_off, info, _ = unpack(data, pos)
-        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        fixed, per = _KIND_EXTRA.get(kind, (0, 0))
-        if name_off:
-            e = data.index(b"\0", strs + name_off)
-            index.setdefault((data[strs + name_off:e], kind), tid)
-        pos += 12 + fixed + per * vlen
-        tid += 1
-    return index
-
-
 def vmlinux_type_id(name, kind):
-    """BTF id of the vmlinux type ``name`` of ``kind`` (e.g. 8 typedef, 12 func), or 0."""
+    """BTF id of the vmlinux type ``name`` of ``kind`` (e.g. 8 typedef, 12 func), or 0.
+
+    Reads the kernel BTF through ``obj.btf.BTF.load_kernel`` (the one BTF
+    parser, with its on-disk index cache), honouring ``PYBPFLOAD_KERNEL_BTF``.
+    """
+    from ..errors import BPFError
+    from .bpf_object import kernel_btf
     try:
-        return _vmlinux_index().get((name.encode(), kind), 0)
-    except OSError:
+        ids = kernel_btf().find(name, kind)
+    except (BPFError, OSError):
         return 0
+    return ids[0] if ids else 0
 
 
 @functools.lru_cache(maxsize=None)
