@@ -66,6 +66,12 @@ def kernel_btf(path=None):
     return btf
 
 
+def pin_name(name):
+    """A bpffs file name for an object name: bpffs refuses dots, so they become
+    underscores (``classify.rodata`` -> ``classify_rodata``, as libbpf does)."""
+    return name.replace(".", "_").replace("/", "_")
+
+
 class LoadedProgram:
     """A program in the kernel, with what is needed to attach and explain it."""
 
@@ -349,14 +355,15 @@ class BPFObject:
 
     def pin(self, prog_dir, map_dir=None, link_dir=None):
         """Pin every program as ``prog_dir/<name>``, every map as
-        ``map_dir/<name>`` and every attached program's link as
+        ``map_dir/<name>`` (see :func:`pin_name`) and every attached program's link as
         ``link_dir/<program name>`` (dirs must be on a bpffs and exist).
         Returns the paths pinned; on failure, unpins those again."""
         from .bpffs import pin
         self._need_loaded()
-        todo = [(os.path.join(prog_dir, n), p.program.fd) for n, p in self.programs.items()]
+        todo = [(os.path.join(prog_dir, pin_name(n)), p.program.fd)
+                for n, p in self.programs.items()]
         if map_dir is not None:
-            todo += [(os.path.join(map_dir, n), m.fd) for n, m in self.maps.items()
+            todo += [(os.path.join(map_dir, pin_name(n)), m.fd) for n, m in self.maps.items()
                      if self.spec.maps[n].pinning != PIN_BY_NAME]
         if link_dir is not None:
             for n, p in self.programs.items():
@@ -365,7 +372,7 @@ class BPFObject:
                         raise attachmod.AttachError(
                             f"program {n!r} is attached without a bpf link, which cannot "
                             "be pinned", hint="this kernel lacks perf links (5.15+)")
-                    todo.append((os.path.join(link_dir, n), p.link.link_fd))
+                    todo.append((os.path.join(link_dir, pin_name(n)), p.link.link_fd))
         done = []
         try:
             for path, fd in todo:

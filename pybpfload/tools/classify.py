@@ -18,6 +18,7 @@ import sys
 import time
 
 from ..errors import BPFError
+from ..resources import prebuilt_object  # the shipped objects, wherever pybpfload lives
 from . import output, process_view
 from .procfs import walk
 

@@ -30,7 +30,8 @@ import time
 
 from ..errors import BPFError, ConfigError
 from . import output, process_view, syscall_table
-from .classify import Classifier, Stop, _path, choose_v1_subsys, prebuilt_object, self_awareness
+from ..resources import prebuilt_object
+from .classify import Classifier, Stop, _path, choose_v1_subsys, self_awareness
 from .procfs import walk
 from .syscall_stats import SyscallStats
 
