@@ -46,17 +46,6 @@ def add_arguments(parser):
                              "this process's pid to PATH: for scripts and tests to wait on")
 
 
-def prebuilt_object(name):
-    """Path of a prebuilt BPF object shipped with pybpfload."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(here, "..", "prebuilt", name),
-                 os.path.join(here, "..", "..", "prebuilt", name)):
-        if os.path.exists(cand):
-            return os.path.normpath(cand)
-    raise BPFError(f"the prebuilt BPF object {name} is missing",
-                   hint="reinstall pybpfload, or run 'make' in its source tree")
-
-
 def choose_v1_subsys(kernel_btf, proc_cgroups="/proc/cgroups"):
     """(index into task->cgroups->subsys[], controller name) of a mounted v1
     controller, or (-1, None) on a host with cgroup v2 only."""
