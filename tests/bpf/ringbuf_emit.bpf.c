@@ -1,5 +1,5 @@
 /* The README's library example: a .rodata setting, a ring buffer of
- * structured events and a hash map with struct keys and values, all for the
+ * structured events (built in a per-CPU scratch map) and a hash map with struct keys and values, all for the
  * getppid() calls of one process. */
 #include "pybpf.h"
 
@@ -30,6 +30,14 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
+/* the event is built here (which also puts struct event in the BTF) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
@@ -44,6 +52,7 @@ int emit(void *ctx)
 	struct call_key key = { .tgid = pid_tgid >> 32, .tid = (__u32)pid_tgid };
 	struct call_stats zero = {}, *stats;
 	struct event *e;
+	__u32 zero32 = 0;
 
 	if (key.tgid != target_tgid)
 		return 0;
@@ -57,13 +66,13 @@ int emit(void *ctx)
 	__sync_fetch_and_add(&stats->calls, 1);
 	__sync_fetch_and_add(&stats->cookie_sum, cookie);
 
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = bpf_map_lookup_elem(&scratch, &zero32);
 	if (!e)
 		return 0;
 	e->tgid = key.tgid;
 	e->tid = key.tid;
 	e->cookie = cookie;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_output(&events, e, sizeof(*e), 0);
 	return 0;
 }
