@@ -46,6 +46,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CACHE_ENV = "PYBPFLOAD_GUEST_CACHE"
 KERNEL_DEB_ENV = "PYBPFLOAD_GUEST_KERNEL_DEB"
+#: the kernel the committed 6.1 test data (tests/data/btf/) came from: tried first
+PREFERRED_KERNEL = "linux-image-6.1.0-57-cloud-amd64-unsigned"
 KERNEL_PATTERN = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64-unsigned$")
 PYTHON = "/usr/bin/python3.11"
 EXIT_LINE = re.compile(rb"@@GUEST-EXIT-CODE=(\d+)@@")
@@ -147,28 +149,41 @@ def kernel_package_names():
 
 
 def kernel():
-    """Path of the 6.1 vmlinuz (downloaded and unpacked once, then cached)."""
+    """Path of the 6.1 vmlinuz (downloaded and unpacked once, then cached).
+
+    ``$PYBPFLOAD_GUEST_KERNEL_DEB`` names a .deb to use instead; otherwise
+    the package the committed test data came from is preferred, then the
+    newest one apt knows."""
     kdir = cache_dir() / "kernel"
     kdir.mkdir(exist_ok=True)
     deb = os.environ.get(KERNEL_DEB_ENV)
     if deb:
         deb = pathlib.Path(deb)
-        if not (kdir / deb.name.split("_")[0]).exists():
+        name = deb.name.split("_")[0]
+        if not (kdir / name).exists():
             _unpack(deb, kdir)
+        return [v for v in _unpacked_kernels(kdir) if v.parents[2].name == name][-1]
     have = _unpacked_kernels(kdir)
-    if have:
+    for vmlinuz in have:
+        if vmlinuz.parents[2].name == PREFERRED_KERNEL:
+            return vmlinuz
+    names = kernel_package_names()
+    if have and PREFERRED_KERNEL not in names:
         return have[-1]
+    if PREFERRED_KERNEL in names:
+        names.remove(PREFERRED_KERNEL)
+        names.insert(0, PREFERRED_KERNEL)
     if shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None:
         raise GuestUnavailable("no apt-get/dpkg-deb to fetch Debian's 6.1 kernel")
     errors = []
-    for name in kernel_package_names()[:3]:
+    for name in names[:3]:
         with tempfile.TemporaryDirectory(dir=kdir) as tmp:
             proc = subprocess.run(["apt-get", "-q", "-o", "APT::Sandbox::User=root",
                                    "download", name], cwd=tmp, capture_output=True, text=True)
             debs = list(pathlib.Path(tmp).glob("*.deb"))
             if proc.returncode == 0 and debs:
                 _unpack(debs[0], kdir)
-                return _unpacked_kernels(kdir)[-1]
+                return [v for v in _unpacked_kernels(kdir) if v.parents[2].name == name][-1]
             errors.append(f"{name}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     raise GuestUnavailable("cannot download Debian's 6.1 cloud kernel package "
                            f"({'; '.join(map(str, errors)) or 'apt knows none'}); "
@@ -442,7 +457,7 @@ def run(command, timeout=600, memory_mb=1024, extra_files=None, log=None):
     rc = int(m[-1].group(1)) if m else (124 if timed_out else 125)
     return GuestRun(rc, out.decode("utf-8", "replace").replace("\r\n", "\n"),
                     result.replace(b"\r\n", b"\n"), seconds, boot,
-                    vmlinuz.parent.parent.parent.name)
+                    vmlinuz.parents[2].name)
 
 
 def main(argv=None):

@@ -140,12 +140,13 @@ def _reader(stream, lines):
 
 
 def _seen(lines, marker):
+    """The record of the exec of ``/bin/echo MARKER`` (not of the unshare that runs it)."""
     for line in list(lines):
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if marker in rec.get("args", []):
+        if rec.get("args") == ["/bin/echo", marker]:
             return rec
     return None
 
