@@ -74,6 +74,8 @@ def run_command(run, args):
         if args.debug:
             import traceback
             traceback.print_exc()
+            if getattr(exc, "log", None):   # a verifier rejection: its whole log
+                print(exc.log.rstrip("\n"), file=sys.stderr)
         print(f"pybpfload: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

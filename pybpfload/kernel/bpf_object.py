@@ -278,7 +278,11 @@ class BPFObject:
                                     exc.errno, exc.log,
                                     hint="guard the access with bpf_core_field_exists()"
                                     ) from None
-            raise
+            # one line (the verifier's reason); the whole log stays in .log
+            first = str(exc).split("\n", 1)[0]
+            raise VerifierError(first, exc.errno, exc.log,
+                                hint="the full verifier log is in VerifierError.log; "
+                                     "the command line prints it with --debug") from exc
         return LoadedProgram(p, prog, results)
 
     def _attach_btf_id(self, p):
