@@ -94,7 +94,11 @@ def _compile(btf, type_id, depth, raw=frozenset()):
             return lambda d, o: int.from_bytes(bytes(d[o:o + 16]), "little", signed=signed)
         return _scalar(_INT_FORMATS[(t.size, bool(t.encoding & 1))])
     if k in (btfmod.KIND_ENUM, btfmod.KIND_ENUM64):
-        return _scalar(_INT_FORMATS.get((t.size, bool(t.signed)), "I"))
+        fmt = _INT_FORMATS.get((t.size, bool(t.signed)))
+        if fmt is None:     # an odd size: never read past the enum's own bytes
+            signed, n = bool(t.signed), t.size
+            return lambda d, o: int.from_bytes(bytes(d[o:o + n]), "little", signed=signed)
+        return _scalar(fmt)
     if k == btfmod.KIND_PTR:
         return _scalar("Q")
     if k == btfmod.KIND_FLOAT:
@@ -118,6 +122,10 @@ def _compile(btf, type_id, depth, raw=frozenset()):
         parts = []
         for m in t.members:
             byte_off = m.bit_offset // 8
+            if not m.bitfield_size and byte_off + btf.size_of(m.type) > t.size:
+                # corrupt BTF: decoding would read past the value's bytes
+                raise BTFError(f"member {m.name!r} of type [{tid}] lies outside its "
+                               f"{t.size}-byte {'union' if k == btfmod.KIND_UNION else 'struct'}")
             if m.bitfield_size:
                 mt = btf[btf.skip_mods_and_typedefs(m.type)]
                 size = btf.size_of(m.type)
