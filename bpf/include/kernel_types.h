@@ -22,6 +22,7 @@
 
 #define __core __attribute__((preserve_access_index))
 
+#ifndef USE_VMLINUX_H /* else vmlinux.h (pybpf.h) has the kernel's types */
 struct ns_common {
 	unsigned int inum;
 } __core;
@@ -61,10 +62,14 @@ struct kernfs_node {
 	__u64 id;
 } __core;
 
+#endif /* !USE_VMLINUX_H */
+
 /* before 6.15: the same link was called parent */
 struct kernfs_node___pre615 {
 	struct kernfs_node___pre615 *parent;
 } __core;
+
+#ifndef USE_VMLINUX_H
 
 struct cgroup {
 	struct kernfs_node *kn;
@@ -102,8 +107,12 @@ struct task_struct {
 	struct mm_struct *mm;
 } __core;
 
+#endif /* !USE_VMLINUX_H */
+
 /* x86's thread_info.status bit for a task inside a 32-bit (ia32) syscall */
 #define X86_TS_COMPAT 0x0002
+
+#ifndef USE_VMLINUX_H
 
 /* Raw tracepoint context: the tracepoint's arguments as u64s.
  * For raw_syscalls/sys_enter: args[0] = struct pt_regs *, args[1] = syscall nr. */
@@ -120,5 +129,6 @@ struct trace_event_raw_sched_process_exec {
 	int pid;
 	int old_pid;
 } __core;
+#endif /* !USE_VMLINUX_H */
 
 #endif /* PYBPF_KERNEL_TYPES_H */

@@ -7,6 +7,15 @@
 #ifndef PYBPF_H
 #define PYBPF_H
 
+/* -DUSE_VMLINUX_H: the kernel's own types from a generated vmlinux.h
+ * (make vmlinux, or bpftool btf dump ... format c) instead of kernel_types.h;
+ * it has the integer types and the kernel's BPF enums already. */
+#ifdef USE_VMLINUX_H
+#include "vmlinux.h"
+#define PYBPF_NO_BASIC_TYPES
+#define NULL ((void *)0)
+#endif
+
 #ifndef PYBPF_NO_BASIC_TYPES
 typedef unsigned char __u8;
 typedef signed char __s8;
@@ -43,6 +52,7 @@ typedef _Bool bool;
 #define __array(name, val) typeof(val) *name[]
 #define __ulong(name, val) enum { ___bpf_concat(__unique_value, __COUNTER__) = val } name
 
+#ifndef USE_VMLINUX_H
 enum {
 	BPF_MAP_TYPE_HASH = 1, BPF_MAP_TYPE_ARRAY = 2, BPF_MAP_TYPE_PROG_ARRAY = 3,
 	BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4, BPF_MAP_TYPE_PERCPU_HASH = 5,
@@ -52,6 +62,7 @@ enum {
 };
 enum { LIBBPF_PIN_NONE = 0, LIBBPF_PIN_BY_NAME = 1 };
 enum { BPF_ANY = 0, BPF_NOEXIST = 1, BPF_EXIST = 2 };
+#endif
 #define BPF_F_NO_PREALLOC (1U << 0)
 #define BPF_F_CURRENT_CPU 0xffffffffULL
 #define BPF_F_INDEX_MASK 0xffffffffULL
