@@ -266,6 +266,12 @@ def main(argv=None):
     if args.btf and "btf" not in names:
         names.append("btf")
     report = {"kernel": os.uname().release, "seconds": {}}
+    try:
+        import hashlib
+        report["btf_sha256"] = hashlib.sha256(
+            pathlib.Path("/sys/kernel/btf/vmlinux").read_bytes()).hexdigest()
+    except OSError:
+        report["btf_sha256"] = None
     for name in names:
         t0 = time.monotonic()
         try:
