@@ -36,6 +36,27 @@ tests/objects/%.target.bpf.o: tests/bpf/%.bpf.c $(wildcard bpf/include/*.h) $(wi
 	@mkdir -p $(dir $@)
 	$(CLANG) $(BPF_CFLAGS) -Itests/bpf -DTARGET -c $< -o $@
 
+# The kernel's types as one C header, written by pybpfload itself (no bpftool):
+# build a program with -DUSE_VMLINUX_H -Ibpf to use it instead of kernel_types.h.
+.PHONY: vmlinux
+vmlinux:
+	$(PYTHON) -m pybpfload btf dump /sys/kernel/btf/vmlinux --format c --time -o bpf/vmlinux.h
+
+# One-file zipapp: pybpfload, the prebuilt objects and the pure-Python
+# dependencies (the installed versions, with their licence files in their
+# .dist-info); run it as `python3 dist/pybpfload.pyz classify`.
+PYZ_BUILD = build/pyz
+PYZ_DEPS = pyelftools construct pyroute2
+.PHONY: pyz
+pyz: $(PROGS)
+	rm -rf $(PYZ_BUILD) && mkdir -p $(PYZ_BUILD) dist
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile --no-deps \
+		--target $(PYZ_BUILD) . $$($(PYTHON) -c 'import sys; from importlib.metadata import version; print(" ".join(n + "==" + version(n) for n in sys.argv[1:]))' $(PYZ_DEPS))
+	rm -rf $(PYZ_BUILD)/bin
+	printf 'import runpy\nrunpy.run_module("pybpfload", run_name="__main__", alter_sys=True)\n' > $(PYZ_BUILD)/__main__.py
+	$(PYTHON) -m zipapp $(PYZ_BUILD) -c -p '/usr/bin/env python3' -o dist/pybpfload.pyz
+	@ls -l dist/pybpfload.pyz
+
 deps:
 	bash .ci/deps
 
