@@ -361,3 +361,96 @@ def test_classify_rss_flat_under_cgroup_churn(tmp_path):
     print(f"classify VmRSS: {warm} kB after warm-up, {end} kB after {executed} more execs "
           f"in {len(farm.leaves)} cgroups")
     assert end - warm < max(4096, warm // 10), f"VmRSS grew from {warm} to {end} kB"
+
+
+# -- 4. accuracy under load: host and runc containers exec at once -------------------
+
+#: each container runs this loop: a fixed number ($1) of real execs (a path with a
+#: slash, so busybox sh execs instead of running the applet in-process) with a marker
+LOOP = 'i=0; while [ "$i" -lt "$1" ]; do /bin/busybox true "$2" "$i"; i=$((i+1)); done'
+
+
+@pytest.mark.root
+@pytest.mark.containers
+@pytest.mark.slow
+def test_accuracy_under_load(tmp_path):
+    from runtimes import Lab, alive, have, wait_for
+    if not have("runc"):
+        pytest.skip("runc is not installed")
+    per_container, host_execs, containers = 800, 800, 4
+    ready = str(tmp_path / "ready")
+    out = open(tmp_path / "out.json", "wb")
+    proc = start_tool(["classify", "--json", "--pages", "256", "--ready-file", ready], stdout=out)
+    lab = Lab()
+    try:
+        wait_attached(proc, ready)
+        lab.build_rootfs()
+        tag = secrets.token_hex(3)
+        host_marker = f"pbt-acc-{tag}-host"
+        started = []
+        host = threading.Thread(target=lambda: [subprocess.run(
+            ["/bin/true", host_marker, str(i)]) for i in range(host_execs)])
+        host.start()
+        for c in range(containers):
+            marker = f"pbt-acc-{tag}-c{c}"
+            s = lab.start_runc(cmd=("/bin/sh", "-c", LOOP, "sh", str(per_container), marker))
+            started.append((s, marker))
+        host.join()
+        for s, _ in started:
+            assert wait_for(lambda: not alive(s.pid), 120), f"{s.id} did not finish its loop"
+        time.sleep(1)           # the last events reach the ring
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        err = err.decode(errors="replace")
+        executed = {host_marker: host_execs}
+        ids = {host_marker: None}
+        for s, marker in started:
+            executed[marker] = per_container
+            ids[marker] = s.id
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        out.close()
+        lab.close()
+    assert proc.returncode == 0, err[-2000:]
+    lost = int(SUMMARY.search(err).group(2))
+    reported = dict.fromkeys(executed, 0)
+    with open(tmp_path / "out.json") as f:
+        for line in f:
+            rec = json.loads(line)
+            marker = next((a for a in rec["args"][1:3] if a in executed), None)
+            if marker is None:
+                continue
+            reported[marker] += 1
+            if ids[marker] is None:
+                assert rec["type"] == "host" and rec["container_id"] is None, rec
+            else:
+                assert rec["type"] == "container", rec
+                assert rec["runtime"] == "runc" and rec["container_id"] == ids[marker], rec
+                assert rec["container_name"] == ids[marker] and rec["own_pidns"], rec
+    print(f"executed {executed}, reported {reported}, lost {lost}")
+    for marker, n in executed.items():
+        assert reported[marker] <= n, f"{marker}: {reported[marker]} reported of {n} executed"
+    missing = sum(executed.values()) - sum(reported.values())
+    assert missing <= lost, f"{missing} execs neither reported nor counted as lost ({lost} lost)"
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_short_soak():
+    """bench/soak.py for 20 s: exec storm plus container churn; classify
+    survives, every storm exec is reported or counted lost, RSS stays flat
+    (the script's own exit status), and it cleans up after itself."""
+    before = {h: set(os.listdir(os.path.join(CGROUP_FS, h))) for h in ("unified", "cpu")
+              if os.path.isdir(os.path.join(CGROUP_FS, h))}
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "20",
+                          "--interval", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=300)
+    text = res.stdout.decode(errors="replace")
+    print(text)
+    assert res.returncode == 0, text[-3000:]
+    m = re.search(r"storm: (\d+) execs, (\d+) reported, (\d+) lost", text)
+    assert m and int(m.group(1)) > 100, text[-3000:]
+    after = {h: set(os.listdir(os.path.join(CGROUP_FS, h))) for h in before}
+    assert after == before, "soak left cgroups behind"
