@@ -28,6 +28,7 @@ import re
 import sys
 
 from . import btf as B
+from ..errors import BTFError
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TYPE_WORDS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*( [A-Za-z_][A-Za-z0-9_]*)*\Z")
@@ -46,16 +47,20 @@ PROLOGUE = f"""\
 #ifndef {GUARD}
 #define {GUARD}
 
+"""
+PRAGMA_PUSH = """\
 #ifndef BPF_NO_PRESERVE_ACCESS_INDEX
 #pragma clang attribute push (__attribute__((preserve_access_index)), apply_to = record)
 #endif
 
 """
-EPILOGUE = f"""\
+PRAGMA_POP = """\
 #ifndef BPF_NO_PRESERVE_ACCESS_INDEX
 #pragma clang attribute pop
 #endif
 
+"""
+EPILOGUE = f"""\
 #endif /* {GUARD} */
 """
 
@@ -82,6 +87,7 @@ class HeaderWriter:
         self.declared = set()
         self.inlined_enums = set()
         self.out = []
+        self.records_written = False
         self._align = {}
         self._packed = {}
         self._name_types()
@@ -355,6 +361,7 @@ class HeaderWriter:
     def _composite_body(self, type_id, depth):
         t = self._t(type_id)
         is_struct = t.kind == B.KIND_STRUCT
+        self.records_written = True
         keyword = "struct" if is_struct else "union"
         packed = self.packed(type_id)
         ind = "\t" * (depth + 1)
@@ -418,6 +425,7 @@ class HeaderWriter:
     def write(self, out):
         out.write(PROLOGUE)
         kind_of, name_of = self.btf.kind_of, self.btf.name_of
+        body = []  # the pragma goes around it only when it holds a record
         anon_enums = []
         named = (B.KIND_STRUCT, B.KIND_UNION, B.KIND_ENUM, B.KIND_ENUM64, B.KIND_TYPEDEF,
                  B.KIND_FWD)
@@ -428,15 +436,22 @@ class HeaderWriter:
             elif kind in (B.KIND_ENUM, B.KIND_ENUM64):
                 anon_enums.append(tid)
             if len(self.out) > 256:
-                out.write("".join(self.out))
+                body.append("".join(self.out))
                 self.out.clear()
         # anonymous enums no emitted type used: written for their constants
         for tid in anon_enums:
             if tid not in self.inlined_enums:
                 self.inlined_enums.add(tid)
                 self.out.append(self._enum_body(tid, 0) + ";\n\n")
-        out.write("".join(self.out))
+        body.append("".join(self.out))
         self.out.clear()
+        records = self.records_written
+        if records:
+            out.write(PRAGMA_PUSH)
+        for part in body:
+            out.write(part)
+        if records:
+            out.write(PRAGMA_POP)
         out.write(EPILOGUE)
 
 
@@ -446,6 +461,9 @@ def write_header(btf, out):
     sys.setrecursionlimit(max(limit, 20000))
     try:
         HeaderWriter(btf).write(out)
+    except RecursionError:
+        raise BTFError("the BTF's types refer to each other in a loop",
+                       hint="it is corrupt; regenerate it") from None
     finally:
         sys.setrecursionlimit(limit)
 
