@@ -39,8 +39,16 @@ def add_arguments(parser):
                         help="the BPF object to load (default: the prebuilt classify.bpf.o)")
     parser.add_argument("--pages", type=int, default=64,
                         help="perf ring pages per CPU, a power of two (default: %(default)s)")
+    parser.add_argument("--btf", metavar="FILE",
+                        help="the kernel's BTF (default: /sys/kernel/btf/vmlinux, or "
+                             "$PYBPFLOAD_KERNEL_BTF)")
     parser.add_argument("--no-seed", action="store_true",
                         help="do not walk /proc at start to learn the running processes")
+    parser.add_argument("--source", choices=("auto", "bpf", "netlink"), default="auto",
+                        help="where exec events come from: bpf, netlink (the kernel's "
+                             "process-events connector + /proc, no BPF; may miss short-lived "
+                             "processes), or auto: bpf, falling back to netlink when BPF "
+                             "cannot be used (default: %(default)s)")
     parser.add_argument("--ready-file", metavar="PATH",
                         help="once attached (every exec from then on is reported), write "
                              "this process's pid to PATH: for scripts and tests to wait on")
@@ -180,7 +188,67 @@ class Classifier:
 
 
 def run(args):
+    """--source: the BPF road, or the connector road (:mod:`.netlink_source`)."""
+    source = getattr(args, "source", "auto")
+    if source == "netlink":
+        from . import netlink_source
+        return netlink_source.run(args)
+    try:
+        prepared = prepare_bpf(args)
+    except BPFError as exc:
+        reason = bpf_unusable(exc)
+        if source == "bpf" or reason is None:
+            raise
+        print(f"pybpfload: BPF cannot be used ({reason}): falling back to the "
+              f"process-events connector (--source netlink)", file=sys.stderr)
+        from . import netlink_source
+        return netlink_source.run(args)
+    return run_bpf(args, prepared)
+
+
+class KernelBTFMissing(BPFError):
+    """The running kernel's BTF cannot be read (CO-RE needs it)."""
+
+
+def prepare_bpf(args):
+    """(loaded classify object, v1 controller name); nothing attached yet."""
+    from ..errors import BTFError
     from ..kernel.bpf_object import BPFObject, kernel_btf
+    btf_path = getattr(args, "btf", None)   # --btf FILE
+    try:
+        kbtf = kernel_btf(btf_path)
+    except BTFError as exc:
+        raise KernelBTFMissing(str(exc)) from None
+    obj = BPFObject(args.object or prebuilt_object("classify.bpf.o"), kernel_btf_path=btf_path)
+    try:
+        subsys, ctrl = choose_v1_subsys(kbtf)
+        obj.set_variable("v1_subsys_id", subsys)
+        obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    return obj, ctrl
+
+
+def bpf_unusable(exc):
+    """Why BPF cannot be used on this host (a one-line reason), or None when
+    ``exc`` is a mistake to report rather than to fall back from."""
+    from ..errors import KernelError, NoPrivilegeError, NotSupportedError, VerifierError
+    first = str(exc).split("\n", 1)[0]
+    if isinstance(exc, NoPrivilegeError):
+        return f"no privilege: {first}"
+    if isinstance(exc, KernelBTFMissing):
+        return f"no kernel BTF: {first}"
+    if isinstance(exc, VerifierError):
+        return f"the verifier rejected the program: {first}"
+    if isinstance(exc, NotSupportedError):
+        return f"the kernel lacks a feature: {first}"
+    if isinstance(exc, KernelError):
+        return f"the kernel refused: {first}"
+    return None
+
+
+def run_bpf(args, prepared=None):
     from ..obj.layout import Layout
 
     for note in self_awareness():
@@ -193,11 +261,8 @@ def run(args):
     def on_term(signum, frame):
         raise Stop()
     old_term = signal.signal(signal.SIGTERM, on_term)
-    obj = BPFObject(args.object or prebuilt_object("classify.bpf.o"))
+    obj, ctrl = prepared if prepared is not None else prepare_bpf(args)
     try:
-        subsys, ctrl = choose_v1_subsys(kernel_btf())
-        obj.set_variable("v1_subsys_id", subsys)
-        obj.load()
         exec_layout = Layout.of_struct(obj.spec.btf, "exec_event", raw=("args",))
         exit_layout = Layout.of_struct(obj.spec.btf, "exit_event")
         classifier = Classifier(resolver, ctrl)
