@@ -38,7 +38,8 @@ class Layout:
             btfmod.KIND_STRUCT, btfmod.KIND_UNION) else ()
         self._tuple = (collections.namedtuple(_ident(t.name or "value"),
                                               [_ident(f) for f in self.fields], rename=True)
-                       if self.fields and all(self.fields) else None)
+                       if self.fields and all(self.fields)
+                       and len(set(self.fields)) == len(self.fields) else None)
 
     @classmethod
     def of(cls, btf, type_id, raw=()):
