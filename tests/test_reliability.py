@@ -416,7 +416,6 @@ def test_accuracy_under_load(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     lost = int(SUMMARY.search(err).group(2))
     reported = dict.fromkeys(executed, 0)
-    misclassified = []
     with open(tmp_path / "out.json") as f:
         for line in f:
             rec = json.loads(line)
@@ -424,9 +423,6 @@ def test_accuracy_under_load(tmp_path):
             if marker is None:
                 continue
             reported[marker] += 1
-            if ids[marker] is not None and rec["type"] == "host" and rec["cgroup"] == "/" + ids[marker]:
-                misclassified.append((marker, rec["args"][3]))     # see the xfail below
-                continue
             if ids[marker] is None:
                 assert rec["type"] == "host" and rec["container_id"] is None, rec
             else:
@@ -438,13 +434,6 @@ def test_accuracy_under_load(tmp_path):
         assert reported[marker] <= n, f"{marker}: {reported[marker]} reported of {n} executed"
     missing = sum(executed.values()) - sum(reported.values())
     assert missing <= lost, f"{missing} execs neither reported nor counted as lost ({lost} lost)"
-    if misclassified:
-        # Known defect (found by this test): a bare runc cgroup /<id> is confirmed
-        # through RuntimeState; when its first lookup comes back negative, that
-        # answer is cached for negative_ttl (2 s) and the container's first execs
-        # are reported as host.  Everything else above was checked strictly.
-        pytest.xfail(f"{len(misclassified)} early execs of a runc container reported as host "
-                     f"(first: {misclassified[0]})")
 
 
 @pytest.mark.root

@@ -206,11 +206,12 @@ class RuntimeState:
             return None
         if parent is not None and _valid_name(parent) and self._containerd_task(parent, name):
             return "containerd"
-        if _stat_state(self.roots["runc"], [name]) and \
-                read_state_file(self.roots["runc"], [name, "state.json"]) is not None:
+        # The container's directory is made first thing on create, before its
+        # cgroup and its first process exist; state.json/status are written
+        # later, so waiting for them would misreport a container's first execs.
+        if _stat_state(self.roots["runc"], [name]):
             return "runc"
-        if _stat_state(self.roots["crun"], [name]) and \
-                read_state_file(self.roots["crun"], [name, "status"]) is not None:
+        if _stat_state(self.roots["crun"], [name]):
             return "crun"
         if _stat_state(self.roots["docker"], ["containers", name]):
             return "docker"
