@@ -178,7 +178,10 @@ def main():
         for label, argv in (("libbpf-tools syscount (all)", ["syscount"]),
                             ("BCC syscount-bpfcc (all)", ["syscount-bpfcc"])):
             ns = with_peer(bench, argv)
-            rows.append((label, ns, "" if ns is None else f"floor{ns - floor:+.1f} ns"))
+            why = ("did not start (BCC compiles on the target: it needs this kernel's "
+                   "headers in /lib/modules/$(uname -r)/build or /sys/kernel/kheaders.tar.xz)"
+                   if argv[0].endswith("bpfcc") else "did not start")
+            rows.append((label, ns, why if ns is None else f"floor{ns - floor:+.1f} ns"))
     finally:
         bench.close()
     print(f"ns per getppid, min of {a.runs} runs of {a.calls} calls "
