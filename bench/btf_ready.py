@@ -5,9 +5,10 @@ in a fresh subprocess (bytecode precompiled, so import cost is not compile
 cost), cold (empty cache dir) and cached, best of N; next to them the time of
 `bpftool btf dump file /sys/kernel/btf/vmlinux` (format raw, to /dev/null).
 Prints numbers; asserts nothing.  Goals: <= 60 ms cold, <= 5 ms cached,
-peak memory <= 25 MB.
+peak memory <= 25 MB.  ``--json``: one JSON object instead of the table.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -88,6 +89,15 @@ def main():
     def best(rows, i):
         return min(r[i] for r in rows)
 
+    if "--json" in sys.argv[1:]:      # for bench/run_all.py: one object, no table
+        def case(rows, mem):
+            return {"import_ms": best(rows, 1), "load_ms": best(rows, 2),
+                    "find_decode_ms": best(rows, 3), "ready_ms": best(rows, 4),
+                    "tracemalloc_peak_mb": mem[5], "maxrss_mb": mem[6]}
+        print(json.dumps({"runs": RUNS, "cold": case(cold, cold_mem),
+                          "cached": case(cached, cached_mem), "python_base_rss_mb": base_rss,
+                          "bpftool_dump_ms": min(tool) if tool else None}))
+        return
     print(f"kernel BTF ready for CO-RE (load + find task_struct + decode), best of {RUNS}:")
     print(f"  {'case':<10} {'import':>8} {'load':>8} {'find+dec':>9} {'ready':>8}"
           f" {'tracemalloc peak':>17} {'maxrss (python base)':>21}")

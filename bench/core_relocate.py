@@ -2,9 +2,10 @@
 
 Prints: kernel BTF load time, first relocation of tests/objects/core_kernel.bpf.o
 (cold candidate search), and the mean of repeated relocations sharing a CoreCache.
-Run: python3 bench/core_relocate.py
+Run: python3 bench/core_relocate.py [--json]   (--json: one JSON object, no text)
 """
 
+import json
 import pathlib
 import sys
 import time
@@ -37,6 +38,11 @@ def main():
         relocate_core(insns, lbtf, kbtf, "read_task", cache=cache)
     t5 = time.perf_counter()
     warm = (t5 - t4) / n
+    if "--json" in sys.argv[1:]:      # for bench/run_all.py
+        print(json.dumps({"kernel_btf_load_ms": 1e3 * (t1 - t0), "relocations": len(results),
+                          "first_relocation_ms": 1e3 * (t3 - t2),
+                          "warm_us_per_relo": 1e6 * warm / len(results)}))
+        return
     print(f"kernel BTF load:                         {1e3 * (t1 - t0):8.2f} ms")
     print(f"first relocation ({len(results)} relos, cold cache): {1e3 * (t3 - t2):8.2f} ms")
     print(f"relocation with a warm CoreCache:         {1e6 * warm / len(results):8.2f} us/relo")

@@ -11,9 +11,10 @@ too; RUNS_COLD_CACHE=1 points it at an empty dir each run instead):
   bpftool 7.1 has no autoattach, so it does a little less than we do).
 
 Prints best and median of RUNS; asserts nothing.  Goal: pybpfload's whole
-process within 3x bpftool's.
+process within 3x bpftool's.  ``--json``: one JSON object instead of the text.
 """
 
+import json
 import os
 import shutil
 import statistics
@@ -82,6 +83,13 @@ def main():
         ours_wall.append(wall)
         ours_inproc.append(inproc)
         theirs.append(run_bpftool())
+    if "--json" in sys.argv[1:]:      # for bench/run_all.py
+        def stats(values):
+            return {"best_ms": min(values), "median_ms": statistics.median(values)}
+        print(json.dumps({"runs": RUNS, "empty_btf_cache": cold_cache,
+                          "ours_process": stats(ours_wall), "ours_in_process": stats(ours_inproc),
+                          "bpftool_loadall": stats(theirs)}))
+        return
     print(f"classify.bpf.o cold open+load(+attach), {RUNS} runs each"
           + (" (empty BTF cache each run)" if cold_cache else ""))
     print(f"  pybpfload process (python start .. exit)  {summary(ours_wall)}")

@@ -5,9 +5,10 @@ Real kernel events: a hand-assembled tracepoint program emits 64 events of
 drain (decode + hand-back) of what the kernel wrote.  Synthetic: the pure
 decoders over an in-memory ring full of 64-byte events.
 
-    sudo python3 bench/rings.py
+    sudo python3 bench/rings.py [--json]   (--json: one JSON object, no table)
 """
 
+import json
 import os
 import struct
 import sys
@@ -92,7 +93,21 @@ def kernel(reader_kind, calls_per_batch=150, batches=20):
     return total, lost, emitted, total / spent, total / wall
 
 
+def main_json():
+    """The same measurements as one JSON object (for bench/run_all.py)."""
+    out = {"event_bytes": EVENT, "synthetic": {"perf": synthetic_perf(),
+                                              "ringbuf": synthetic_ringbuf()}, "kernel": {}}
+    if os.geteuid() == 0:
+        for kind in ("perf", "ringbuf"):
+            got, lost, emitted, rate, wall = kernel(kind)
+            out["kernel"][kind] = {"read": got, "lost": lost, "emitted": emitted,
+                                   "drain_events_per_s": rate, "with_producing_per_s": wall}
+    print(json.dumps(out))
+
+
 def main():
+    if "--json" in sys.argv[1:]:
+        return main_json()
     print(f"{'reader':<22}{'events/s':>14}  notes")
     print(f"{'perf (synthetic)':<22}{synthetic_perf():>14,.0f}  decode only, 64-byte payloads")
     print(f"{'ringbuf (synthetic)':<22}{synthetic_ringbuf():>14,.0f}  decode only, 64-byte payloads")

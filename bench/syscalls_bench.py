@@ -12,15 +12,19 @@ what ``syscalls`` does for a container.  One run measures, side by side:
   with the loop outside every watched cgroup (skipped), both for the v1
   and the v2 cgroup key;
 * the peers: libbpf-tools ``syscount`` and BCC ``syscount-bpfcc`` (both
-  count every process of the host).
+  count every process of the host), and a bpftrace one-liner counting per
+  cgroup and syscall id on the same tracepoint.
 
 Each figure is the minimum over a few runs (the machine is shared and
 noisy).  Goals: counting <= raw_tp floor + 30 ns, skipped <= floor + 15 ns.
 
-    sudo python3 bench/syscalls_bench.py [--calls N] [--runs R]
+    sudo python3 bench/syscalls_bench.py [--calls N] [--runs R] [--json]
+
+``--json`` prints one JSON object (every figure by key) instead of the table.
 """
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -32,7 +36,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT]
 
-from pybpfload.kernel import ids  # noqa: E402
 from pybpfload.kernel.bpf_object import BPFObject, kernel_btf  # noqa: E402
 from pybpfload.tools.classify import choose_v1_subsys  # noqa: E402
 from pybpfload.tools.syscalls import v1_mount, v2_mount  # noqa: E402
@@ -124,23 +127,39 @@ def with_counter(bench, v1):
         return counting, skipped, counted
 
 
-def with_peer(bench, argv):
+def bpf_prog_fds(pid):
+    """How many BPF program fds process `pid` holds (its own, not other users' programs)."""
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf-prog"
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def with_peer(bench, argv, min_new=2):
+    """ns per call while the peer `argv` runs; None if it never holds `min_new` programs."""
     if not shutil.which(argv[0]):
         return None
-    before = set(ids.link_ids()) | set(ids.prog_ids())
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     try:
         # attached once its programs and links exist (its output is buffered in a pipe)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and p.poll() is None:
-            if len((set(ids.link_ids()) | set(ids.prog_ids())) - before) >= 2:
+            # its own fds: programs loaded by others on this shared machine do not count
+            if bpf_prog_fds(p.pid) >= min_new:
                 break
             time.sleep(0.2)
-        if p.poll() is not None:
+        if p.poll() is not None or bpf_prog_fds(p.pid) < min_new:
             return None
         time.sleep(1.0)
-        return bench.ns_per_call(False)
+        ns = bench.ns_per_call(False)
+        return ns if p.poll() is None else None     # it must still run when measured
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGINT)
@@ -155,7 +174,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=2000000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="one JSON object, no table")
     a = ap.parse_args()
+    measured = {}                  # the same figures by key, for --json
     bench = Bench(a.calls, a.runs)
     rows = []
     try:
@@ -164,10 +185,14 @@ def main():
         floor = with_floor(bench, "floor_raw_tp")
         rows.append(("floor: empty raw_tp", floor, ""))
         rows.append(("floor: empty classic tracepoint", with_floor(bench, "floor_tp"), ""))
+        measured.update(bare=bare, floor_raw_tp=floor, floor_tp=rows[-1][1])
         for v1, label in ((True, f"v1 {bench.ctrl} id"), (False, "v2 id")):
             if v1 and bench.subsys < 0:
                 continue
             counting, skipped, counted = with_counter(bench, v1)
+            measured["v1" if v1 else "v2"] = {"counting": counting, "skipped": skipped,
+                                              "counted": counted,
+                                              "key": f"{bench.ctrl} v1 id" if v1 else "v2 id"}
             ok_c = "ok" if counting <= floor + 30 else "MISSED"
             ok_s = "ok" if skipped <= floor + 15 else "MISSED"
             rows.append((f"pybpfload counting, watched ({label})", counting,
@@ -175,15 +200,23 @@ def main():
                          f"{counted} counted"))
             rows.append((f"pybpfload skipped, not watched ({label})", skipped,
                          f"floor{skipped - floor:+.1f} ns, goal +15: {ok_s}"))
+        bpftrace_count = ("tracepoint:raw_syscalls:sys_enter "
+                          "{ @[cgroup, args->id] = count(); }")
         for label, argv in (("libbpf-tools syscount (all)", ["syscount"]),
-                            ("BCC syscount-bpfcc (all)", ["syscount-bpfcc"])):
-            ns = with_peer(bench, argv)
+                            ("BCC syscount-bpfcc (all)", ["syscount-bpfcc"]),
+                            ("bpftrace @[cgroup, id] = count() (all)",
+                             ["bpftrace", "-e", bpftrace_count])):
+            ns = with_peer(bench, argv, min_new=1 if argv[0] == "bpftrace" else 2)
+            measured[argv[0]] = ns
             why = ("did not start (BCC compiles on the target: it needs this kernel's "
                    "headers in /lib/modules/$(uname -r)/build or /sys/kernel/kheaders.tar.xz)"
                    if argv[0].endswith("bpfcc") else "did not start")
             rows.append((label, ns, why if ns is None else f"floor{ns - floor:+.1f} ns"))
     finally:
         bench.close()
+    if a.json:
+        print(json.dumps(dict(measured, calls=a.calls, runs=a.runs, cpus=os.cpu_count())))
+        return
     print(f"ns per getppid, min of {a.runs} runs of {a.calls} calls "
           f"({os.cpu_count()} CPUs, shared machine: expect noise)")
     for label, ns, note in rows:
