@@ -11,9 +11,11 @@ creates and removes cgroups if runc is missing.  Prints, every interval, the
 classify VmRSS, events reported and lost, and at the end the RSS growth after
 warm-up.  Exit status 1 when classify died or its RSS grew by more than
 max(8 MB, 20%) after the first interval.  Everything it creates is removed.
+``--json``: the progress table goes to stderr, and stdout gets one JSON object.
 """
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -130,7 +132,11 @@ def main():
     ap.add_argument("--seconds", type=float, help="overrides --minutes (the suite runs ~20 s)")
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--pages", type=int, default=64)
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     args = ap.parse_args()
+    report = sys.stdout
+    if args.json:                 # every text line to stderr; stdout is the JSON object only
+        sys.stdout = sys.stderr
     if os.geteuid() != 0:
         sys.exit("bench/soak.py needs root")
     duration = args.seconds if args.seconds else args.minutes * 60
@@ -222,6 +228,12 @@ def main():
         rc = 1
     if proc.returncode not in (0, None) and rc == 0:
         rc = 1
+    if args.json:
+        print(json.dumps({"seconds": duration, "storm_execs": counts["storm"],
+                          "storm_reported": reported["markers"], "lost": lost,
+                          "events": reported["lines"], "containers": counts["churn"],
+                          "churn_errors": len(errors), "rss_kb": samples, "ok": rc == 0}),
+              file=report)
     return rc
 
 
