@@ -3,6 +3,7 @@
 #   make            rebuild prebuilt/*.bpf.o and tests/objects/*.bpf.o from their sources
 #   make deps       install what the tests need (apt and pip; needs root)
 #   make test       run the test suite (as root, so kernel tests run)
+#   make bench      every benchmark beside the peers -> bench/RESULTS.md (root)
 
 CLANG ?= clang
 LLVM_STRIP ?= llvm-strip
@@ -59,6 +60,12 @@ pyz: $(PROGS)
 
 deps:
 	bash .ci/deps
+
+# Every benchmark in one run, side by side with the peers (installs them; not
+# part of CI): writes bench/RESULTS.md and bench/*.png.  Needs root.
+.PHONY: bench
+bench:
+	$(PYTHON) bench/run_all.py
 
 test:
 	$(PYTHON) -m pytest -q tests

@@ -1,0 +1,571 @@
+"""Run every benchmark, one after the other, and write bench/RESULTS.md and the plots.
+
+    sudo make bench                  # = sudo python3 bench/run_all.py
+    python3 bench/run_all.py --render-only   # redraw RESULTS.md + PNGs from the last run
+
+Each benchmark script runs in its own process with ``--json`` (sequentially, so
+they do not disturb each other); its JSON object is kept in
+``build/bench/results.json``.  RESULTS.md then gets the machine, one table per
+benchmark with our numbers beside the peers' and the goal, marked met or
+missed as measured, and two PNG plots (matplotlib, Agg backend).
+
+Before running, the peers and the plotting library are installed if missing
+(apt: bpfcc-tools, libbpf-tools, bpftrace; pip: matplotlib); ``--no-install``
+skips that.  None of them is a runtime dependency of pybpfload.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+RAW = os.path.join(ROOT, "build", "bench", "results.json")
+RESULTS = os.path.join(BENCH, "RESULTS.md")
+PLOT_SYSCALLS = "syscalls_overhead.png"
+PLOT_STORM = "exec_storm.png"
+
+APT_PEERS = ("bpfcc-tools", "libbpf-tools", "bpftrace", "gcc")
+
+# name -> (script, extra arguments, timeout in seconds, repeat: keep the best)
+STEPS = (
+    ("btf_ready", "btf_ready.py", [], 180, 1),
+    ("core_relocate", "core_relocate.py", [], 120, 1),
+    ("rings", "rings.py", [], 120, 3),
+    ("load", "load_bench.py", [], 240, 1),
+    ("syscalls", "syscalls_bench.py", [], 420, 1),
+    ("classify", "classify_bench.py", [], 420, 1),
+    ("soak", "soak.py", ["--seconds", "60", "--interval", "10"], 240, 1),
+)
+
+
+# ---------------------------------------------------------------- setup
+
+def installed(pkg):
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True,
+                         text=True)
+    return out.stdout.strip() == "install ok installed"
+
+
+def apt_has_candidate(pkg):
+    out = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("Candidate:"):
+            return line.split(":", 1)[1].strip() not in ("", "(none)")
+    return False
+
+
+def ensure_tools():
+    """Install the peers (apt) and matplotlib (pip) when missing; say what was done."""
+    missing = [p for p in APT_PEERS if not installed(p)]
+    if missing:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        wanted = [p for p in missing if apt_has_candidate(p)]
+        for p in sorted(set(missing) - set(wanted)):
+            print(f"run_all: {p} is not in this system's apt sources; its rows stay empty")
+        if wanted:
+            print("run_all: apt-get install " + " ".join(wanted))
+            subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
+                           + wanted, env=env, check=False, stdout=subprocess.DEVNULL)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("run_all: pip install matplotlib (for the plots only)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "matplotlib"], check=False)
+
+
+# ---------------------------------------------------------------- running
+
+def machine():
+    cpu = "unknown"
+    mem_kb = 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit, "distro": distro()}
+
+
+def distro():
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return ""
+
+
+def run_step(script, extra, timeout):
+    """Run one benchmark with --json; (result dict or None, seconds, error text)."""
+    path = os.path.join(BENCH, script)
+    if not os.path.exists(path):
+        return None, 0.0, f"bench/{script} does not exist yet"
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([sys.executable, path, "--json"] + extra, cwd=ROOT, timeout=timeout,
+                           capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return None, time.monotonic() - t0, f"timed out after {timeout} s"
+    spent = time.monotonic() - t0
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    try:
+        return json.loads(lines[-1]), spent, ""
+    except (IndexError, ValueError):
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, spent, f"exit {p.returncode}, no JSON: {tail[:200]}"
+
+
+def best_of(results):
+    """Merge repeated results: the highest rate (events/s) of each measurement."""
+    def merge(a, b):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {k: merge(a[k], b[k]) if k in b else a[k] for k in a}
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return max(a, b)
+        return a
+    out = results[0]
+    for r in results[1:]:
+        out = merge(out, r)
+    return out
+
+
+def run_all(only):
+    raw = {"machine": machine(), "results": {}, "errors": {}, "seconds": {}}
+    for name, script, extra, timeout, repeat in STEPS:
+        if only and name not in only:
+            continue
+        got = []
+        spent = 0.0
+        err = ""
+        for _ in range(repeat):
+            print(f"run_all: {name} ({script}) ...", flush=True)
+            res, sec, err = run_step(script, extra, timeout)
+            spent += sec
+            if res is None:
+                break
+            got.append(res)
+        raw["seconds"][name] = round(spent, 1)
+        if got:
+            raw["results"][name] = best_of(got) if len(got) > 1 else got[0]
+            if repeat > 1:
+                raw["results"][name]["best_of_runs"] = len(got)
+        else:
+            raw["errors"][name] = err
+        print(f"run_all: {name}: {'done' if got else err} ({spent:.0f} s)", flush=True)
+    return raw
+
+
+# ---------------------------------------------------------------- report
+
+def verdict(ok):
+    if ok is None:
+        return "not measured"
+    return "**met**" if ok else "**missed**"
+
+
+def num(v, fmt="{:.1f}", unit=""):
+    return "n/a" if v is None else fmt.format(v) + unit
+
+
+class Report:
+    def __init__(self, raw, plots=()):
+        self.raw = raw
+        self.res = raw["results"]
+        self.plots = set(plots)       # the PNGs drawn for this report
+        self.lines = []
+
+    def image(self, name, alt):
+        if name in self.plots:
+            self.add(f"![{alt}]({name})", "")
+
+    def add(self, *lines):
+        self.lines.extend(lines)
+
+    def table(self, header, rows):
+        self.add("| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|")
+        for r in rows:
+            self.add("| " + " | ".join(str(c) for c in r) + " |")
+        self.add("")
+
+    def missing(self, name):
+        if name in self.res:
+            return False
+        why = self.raw["errors"].get(name, "not run")
+        self.add(f"Not measured: {why}.", "")
+        return True
+
+    # each section: a heading, what was measured, a table, goals
+    def machine(self):
+        m = self.raw["machine"]
+        total = sum(self.raw["seconds"].values())
+        self.add("# Benchmark results", "",
+                 "Generated by `make bench` (`bench/run_all.py`); every figure below was "
+                 "measured in that one run.  The machine is shared with other work, so "
+                 "timings are noisy: most figures are the best of several runs, as each "
+                 "table says.  How to read and rerun: `bench/README.md`.", "")
+        self.table(["machine", ""], [
+            ("CPU", m["cpu"]), ("cores", m["cores"]), ("memory", f"{m['memory_gb']} GB"),
+            ("kernel", m["kernel"]), ("system", m.get("distro", "")),
+            ("Python", m["python"]), ("date", m["date"]), ("commit", m["commit"]),
+            ("whole run", f"{total:.0f} s")])
+
+    def goals_summary(self, goals):
+        self.add("## Goals at a glance", "")
+        self.table(["goal", "measured", "verdict"], goals)
+
+    def btf(self, goals):
+        self.add("## Kernel BTF ready for CO-RE (`bench/btf_ready.py`)", "")
+        if self.missing("btf_ready"):
+            return
+        r = self.res["btf_ready"]
+        c, w = r["cold"], r["cached"]
+        base = r["python_base_rss_mb"]
+        self.add(f"`BTF.load_kernel()` + find `task_struct` + decode it, each in a fresh "
+                 f"process, best of {r['runs']}.  Cold = empty cache directory; cached = "
+                 f"the on-disk index from the cold run.  Peak = tracemalloc peak of the "
+                 f"Python heap; RSS growth = max RSS minus a bare Python's "
+                 f"({base:.1f} MB), measured in the tracemalloc run.", "")
+        self.table(["case", "load", "find + decode", "ready", "goal", "heap peak",
+                    "RSS growth"], [
+            ("pybpfload cold", num(c["load_ms"], unit=" ms"),
+             num(c["find_decode_ms"], "{:.2f}", " ms"), num(c["ready_ms"], unit=" ms"),
+             "≤ 60 ms", num(c["tracemalloc_peak_mb"], unit=" MB"),
+             num(c["maxrss_mb"] - base, unit=" MB")),
+            ("pybpfload cached", num(w["load_ms"], unit=" ms"),
+             num(w["find_decode_ms"], "{:.2f}", " ms"), num(w["ready_ms"], unit=" ms"),
+             "≤ 5 ms", num(w["tracemalloc_peak_mb"], unit=" MB"),
+             num(w["maxrss_mb"] - base, unit=" MB")),
+            ("bpftool btf dump file vmlinux (whole process)", "", "",
+             num(r.get("bpftool_dump_ms"), unit=" ms"), "", "", ""),
+        ])
+        peak = max(c["tracemalloc_peak_mb"], w["tracemalloc_peak_mb"])
+        goals.append(("BTF ready, cold ≤ 60 ms", num(c["ready_ms"], unit=" ms"),
+                      verdict(c["ready_ms"] <= 60)))
+        goals.append(("BTF ready, cached ≤ 5 ms", num(w["ready_ms"], unit=" ms"),
+                      verdict(w["ready_ms"] <= 5)))
+        goals.append(("BTF ready, memory ≤ 25 MB (heap peak)", num(peak, unit=" MB"),
+                      verdict(peak <= 25)))
+        growth = c["maxrss_mb"] - base
+        goals.append(("BTF ready, memory ≤ 25 MB (process RSS growth, cold)",
+                      num(growth, unit=" MB"), verdict(growth <= 25)))
+
+    def core(self, goals):
+        self.add("## CO-RE relocation (`bench/core_relocate.py`)", "")
+        if self.missing("core_relocate"):
+            return
+        r = self.res["core_relocate"]
+        self.add("`tests/objects/core_kernel.bpf.o` relocated against the running kernel's "
+                 "BTF (one run; no peer does this step in isolation, no goal set).", "")
+        self.table(["step", "time"], [
+            ("kernel BTF load (cache warm)", num(r["kernel_btf_load_ms"], "{:.2f}", " ms")),
+            (f"first relocation ({r['relocations']} relocations, cold candidate search)",
+             num(r["first_relocation_ms"], "{:.2f}", " ms")),
+            ("each relocation with a warm CoreCache",
+             num(r["warm_us_per_relo"], "{:.1f}", " µs")),
+        ])
+
+    def rings(self, goals):
+        self.add("## Event readers (`bench/rings.py`)", "")
+        if self.missing("rings"):
+            return
+        r = self.res["rings"]
+        runs = r.get("best_of_runs", 1)
+        self.add(f"{r['event_bytes']}-byte events.  Kernel: a tracepoint program emits "
+                 f"them on getppid(); only the drain (decode + hand-back to a callback) is "
+                 f"timed.  Synthetic: the pure decoder over an in-memory ring.  Best of "
+                 f"{runs} runs.  The goal applies to the kernel drain rate.", "")
+        rows = []
+        for kind, label in (("perf", "perf buffer"), ("ringbuf", "BPF ring buffer")):
+            k = r["kernel"].get(kind)
+            rate = k["drain_events_per_s"] if k else None
+            rows.append((label, num(r["synthetic"][kind], "{:,.0f}"), num(rate, "{:,.0f}"),
+                         f"{k['read']}/{k['emitted']} read, {k['lost']} lost" if k else "",
+                         "≥ 1,500,000", verdict(None if rate is None else rate >= 1.5e6)))
+            goals.append((f"{label} reader ≥ 1.5 M events/s", num(rate, "{:,.0f}", " /s"),
+                          rows[-1][-1]))
+        self.table(["reader", "synthetic events/s", "kernel events/s", "kernel events",
+                    "goal", "verdict"], rows)
+
+    def load(self, goals):
+        self.add("## Open + load + attach `classify.bpf.o` (`bench/load_bench.py`)", "")
+        if self.missing("load"):
+            return
+        r = self.res["load"]
+        self.add(f"A fresh process each run, {r['runs']} runs (kernel BTF index cache "
+                 f"{'empty' if r['empty_btf_cache'] else 'warm'}).  bpftool 7.1 cannot "
+                 f"autoattach: `bpftool prog loadall` loads and pins, a little less work.  "
+                 f"Goal (from the script): our whole process within 3× bpftool's.", "")
+        o, i, b = r["ours_process"], r["ours_in_process"], r["bpftool_loadall"]
+        self.table(["", "best", "median"], [
+            ("pybpfload, whole process (python start .. exit)", num(o["best_ms"], unit=" ms"),
+             num(o["median_ms"], unit=" ms")),
+            ("pybpfload, import .. attached (in process)", num(i["best_ms"], unit=" ms"),
+             num(i["median_ms"], unit=" ms")),
+            ("bpftool prog loadall (load + pin)", num(b["best_ms"], unit=" ms"),
+             num(b["median_ms"], unit=" ms")),
+        ])
+        ratio = o["best_ms"] / b["best_ms"]
+        goals.append(("load: whole process ≤ 3× bpftool", f"{ratio:.1f}× (best)",
+                      verdict(ratio <= 3)))
+
+    def syscalls(self, goals):
+        self.add("## Cost per system call (`bench/syscalls_bench.py`)", "")
+        if self.missing("syscalls"):
+            return
+        r = self.res["syscalls"]
+        floor = r["floor_raw_tp"]
+        self.add(f"ns per `getppid` in a tight C loop, minimum of {r['runs']} runs of "
+                 f"{r['calls']:,} calls.  Ours: `syscalls.bpf.o` with the loop's cgroup "
+                 f"watched (counting) or not (skipped).  Peers count every process of the "
+                 f"host.  Overhead is against the empty raw_tp program (the floor), "
+                 f"{floor:.1f} ns.", "")
+        rows = [("bare (nothing attached)", num(r["bare"]), num(r["bare"] - floor, "{:+.1f}"),
+                 ""),
+                ("floor: empty raw_tp program", num(floor), "0", ""),
+                ("floor: empty classic tracepoint program", num(r["floor_tp"]),
+                 num(r["floor_tp"] - floor, "{:+.1f}"), "")]
+        for key in ("v1", "v2"):
+            v = r.get(key)
+            if not v:
+                continue
+            c_ok = v["counting"] <= floor + 30
+            s_ok = v["skipped"] <= floor + 15
+            rows.append((f"**pybpfload counting** ({v['key']} key)", num(v["counting"]),
+                         num(v["counting"] - floor, "{:+.1f}"), f"≤ +30: {verdict(c_ok)}"))
+            rows.append((f"**pybpfload skipped** ({v['key']} key)", num(v["skipped"]),
+                         num(v["skipped"] - floor, "{:+.1f}"), f"≤ +15: {verdict(s_ok)}"))
+            goals.append((f"syscalls counting ≤ floor + 30 ns ({v['key']})",
+                          f"{v['counting'] - floor:+.1f} ns", verdict(c_ok)))
+            goals.append((f"syscalls skipped ≤ floor + 15 ns ({v['key']})",
+                          f"{v['skipped'] - floor:+.1f} ns", verdict(s_ok)))
+        for key, label in (("syscount", "libbpf-tools syscount"),
+                           ("syscount-bpfcc", "BCC syscount-bpfcc"),
+                           ("bpftrace", "bpftrace `@[cgroup, args->id] = count()`")):
+            ns = r.get(key)
+            note = ""
+            if ns is None:
+                note = ("did not run: BCC compiles on the target and needs this kernel's "
+                        "headers" if key.endswith("bpfcc") else "did not run")
+            rows.append((label, num(ns), "" if ns is None else num(ns - floor, "{:+.1f}"),
+                         note))
+        self.table(["", "ns / call", "vs floor", "goal"], rows)
+        self.image(PLOT_SYSCALLS, "ns per getppid: bare, floors, pybpfload, peers")
+        if r["bare"] > floor:
+            self.add("The bare loop measured slower than the floor here: the noise of the "
+                     "shared machine is of the order of the differences; read the "
+                     "overheads as ± that.", "")
+
+    def classify(self, goals):
+        self.add("## classify (`bench/classify_bench.py`)", "")
+        if self.missing("classify"):
+            goals.append(("classify attached ≤ 100 ms", "n/a", verdict(None)))
+            goals.append(("classify RSS ≤ 25 MB", "n/a", verdict(None)))
+            goals.append(("exec storm: 100% reported or counted lost", "n/a", verdict(None)))
+            return
+        r = self.res["classify"]
+        self.add("```", json.dumps(r, indent=1)[:3000], "```", "")
+        if r.get("storm"):
+            self.image(PLOT_STORM, "exec storm: share reported, lost, missing per tool")
+
+    def soak(self, goals):
+        self.add("## Soak: classify under an exec storm and container churn "
+                 "(`bench/soak.py`)", "")
+        if self.missing("soak"):
+            return
+        r = self.res["soak"]
+        rss = r["rss_kb"]
+        self.add(f"{r['seconds']:.0f} s of `classify --json` while one thread execs "
+                 f"`/bin/true` in fresh cgroups and another starts and removes runc "
+                 f"containers.  (The full soak: `sudo python3 bench/soak.py --minutes 30`.)",
+                 "")
+        covered = r["storm_reported"] + max(r["lost"], 0)
+        growth = (rss[-1] - rss[0]) / 1024 if len(rss) >= 2 else None
+        self.table(["", "measured"], [
+            ("storm execs", r["storm_execs"]),
+            ("reported (marker seen in the output)", r["storm_reported"]),
+            ("counted lost", r["lost"]),
+            ("containers started and removed", r["containers"]),
+            ("classify VmRSS, first → last sample",
+             f"{rss[0] / 1024:.1f} → {rss[-1] / 1024:.1f} MB" if rss else "n/a"),
+        ])
+        if not (self.res.get("classify") or {}).get("storm"):
+            self.image(PLOT_STORM, "exec storm: share reported, lost, missing")
+        ok = covered >= r["storm_execs"]
+        goals.append(("soak: every storm exec reported or counted lost",
+                      f"{r['storm_reported']} + {r['lost']} of {r['storm_execs']}", verdict(ok)))
+        if growth is not None:
+            goals.append(("soak: classify RSS flat after warm-up (≤ +8 MB)",
+                          f"{growth:+.1f} MB", verdict(growth <= 8)))
+        if rss:
+            goals.append(("soak: classify RSS ≤ 25 MB", f"{max(rss) / 1024:.1f} MB (max)",
+                          verdict(max(rss) / 1024 <= 25)))
+
+    def render(self):
+        goals = []
+        body = Report(self.raw, self.plots)
+        for section in ("btf", "core", "rings", "load", "syscalls", "classify", "soak"):
+            getattr(body, section)(goals)
+        self.machine()
+        self.goals_summary(goals)
+        self.lines.extend(body.lines)
+        return "\n".join(self.lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_syscalls(r, path):
+    """Bars of ns added per getppid() over the bare loop, absolute ns in brackets."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    bare, floor = r["bare"], r["floor_raw_tp"]
+    bars = [("floor: empty raw_tp program", floor, "#90caf9"),
+            ("floor: empty tracepoint program", r["floor_tp"], "#90caf9")]
+    for key in ("v1", "v2"):
+        v = r.get(key)
+        if v:
+            short = "v1 cgroup key" if key == "v1" else "v2 cgroup key"
+            bars.append((f"pybpfload counting ({short})", v["counting"], "#2e7d32"))
+            bars.append((f"pybpfload skipped ({short})", v["skipped"], "#81c784"))
+    for key, label in (("syscount", "libbpf-tools syscount"),
+                       ("syscount-bpfcc", "BCC syscount-bpfcc"),
+                       ("bpftrace", "bpftrace @[cgroup, id] = count()")):
+        bars.append((label, r.get(key), "#ef6c00"))
+    bars = bars[::-1]
+    added = [0.0 if ns is None else ns - bare for _, ns, _ in bars]
+    fig, ax = plt.subplots(figsize=(8.5, 0.4 * len(bars) + 1.9), dpi=80)
+    ax.barh([b[0] for b in bars], added, color=[b[2] for b in bars])
+    lo, hi = min(added + [0.0]), max(added + [1.0])
+    span = hi - lo
+    for i, ((_, ns, _), x) in enumerate(zip(bars, added)):
+        text = "did not run" if ns is None else f"{x:+.0f} ns  ({ns:.0f})"
+        ax.text(max(x, 0) + span * 0.01, i, text, va="center", fontsize=9)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(floor - bare + 30, color="#2e7d32", ls="--", lw=1,
+               label="goal counting: raw_tp floor + 30 ns")
+    ax.axvline(floor - bare + 15, color="#81c784", ls=":", lw=1.8,
+               label="goal skipped: raw_tp floor + 15 ns")
+    ax.set_xlim(lo - span * 0.05, hi + span * 0.3)
+    ax.set_xlabel(f"ns added per getppid() over the bare loop ({bare:.0f} ns); "
+                  f"lower is better; (absolute ns)", fontsize=9)
+    ax.set_title(f"Cost per system call: min of {r['runs']} runs of {r['calls']:,} calls "
+                 f"on {r['cpus']} shared CPUs", fontsize=11, pad=26)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def storm_series(res):
+    """[(tool label, rate label, reported share, lost share)] from classify or soak."""
+    c = res.get("classify") or {}
+    series = []
+    for row in c.get("storm", []):
+        total = row.get("execs") or 0
+        if total:
+            series.append((row["tool"], str(row.get("rate", "")),
+                           row.get("reported", 0) / total, row.get("lost", 0) / total))
+    if not series and "soak" in res:
+        s = res["soak"]
+        if s["storm_execs"]:
+            series.append(("pybpfload classify (soak)", "as fast as possible",
+                           min(1.0, s["storm_reported"] / s["storm_execs"]),
+                           max(s["lost"], 0) / s["storm_execs"]))
+    return series
+
+
+def plot_storm(series, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [f"{tool}\n{rate}" for tool, rate, _, _ in series]
+    rep = [100 * s[2] for s in series]
+    lost = [100 * s[3] for s in series]
+    gone = [max(0.0, 100 - a - b) for a, b in zip(rep, lost)]
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(series) + 1.6), dpi=80)
+    y = range(len(series))[::-1]
+    ax.barh(list(y), rep, color="#2e7d32", label="reported")
+    ax.barh(list(y), lost, left=rep, color="#fbc02d", label="counted lost")
+    ax.barh(list(y), gone, left=[a + b for a, b in zip(rep, lost)], color="#c62828",
+            label="missing, not counted")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=8)
+    for yi, a in zip(y, rep):
+        ax.text(1, yi, f"{a:.1f}%", va="center", color="white", fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of the storm's execs (%)")
+    ax.set_title("Exec storm: what each tool reported", fontsize=11, pad=22)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render(raw):
+    res = raw["results"]
+    plots = []
+    try:
+        if "syscalls" in res:
+            plot_syscalls(res["syscalls"], os.path.join(BENCH, PLOT_SYSCALLS))
+            plots.append(PLOT_SYSCALLS)
+        series = storm_series(res)
+        if series:
+            plot_storm(series, os.path.join(BENCH, PLOT_STORM))
+            plots.append(PLOT_STORM)
+    except ImportError:
+        print("run_all: no plots: matplotlib is not installed")
+    text = Report(raw, plots).render()
+    with open(RESULTS, "w") as f:
+        f.write(text)
+    print(f"run_all: wrote {os.path.relpath(RESULTS, ROOT)}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite RESULTS.md and the plots from build/bench/results.json")
+    ap.add_argument("--no-install", action="store_true", help="do not apt/pip install peers")
+    ap.add_argument("--only", action="append", default=[],
+                    choices=[s[0] for s in STEPS], help="run only this benchmark (repeatable)")
+    args = ap.parse_args()
+    if args.render_only:
+        with open(RAW) as f:
+            raw = json.load(f)
+    else:
+        if os.geteuid() != 0:
+            sys.exit("bench/run_all.py: needs root (the kernel benchmarks load BPF); "
+                     "run it as `sudo make bench`")
+        if not args.no_install:
+            ensure_tools()
+        raw = run_all(set(args.only))
+        os.makedirs(os.path.dirname(RAW), exist_ok=True)
+        with open(RAW, "w") as f:
+            json.dump(raw, f, indent=1)
+    render(raw)
+
+
+if __name__ == "__main__":
+    main()
