@@ -20,6 +20,7 @@ import time
 from ..errors import BPFError
 from ..resources import prebuilt_object  # the shipped objects, wherever pybpfload lives
 from . import output, process_view
+from .containers import helper_role
 from .procfs import walk
 
 #: event types sent by classify.bpf.c (bpf/events.h)
@@ -164,7 +165,11 @@ class Classifier:
             cg_input.append((1, self.v1_controller, v1))
         ident = self.resolver.identity((ev["cgroup_id"], ev["v1_cgroup_id"]), cg_input)
         comm = output.text(ev["comm"])
+        argv = _args(ev["args"], ev["args_len"])
         fields = self.resolver.fields(ident, ev["pid_ns_level"], comm)
+        if fields["helper"] is None and argv:
+            # runc re-executes itself as /proc/self/exe (comm "exe"): its argv names it
+            fields["helper"] = helper_role(os.path.basename(output.text(argv[0])))
         self._remember(ev["pid"], fields["type"], fields["container_id"])
         wall = ev["time_ns"] / 1e9 + self.clock_offset
         rec = {
@@ -173,7 +178,7 @@ class Classifier:
             "pid": ev["pid"], "tid": ev["tid"], "ppid": ev["ppid"], "nspid": ev["ns_pid"],
             "uid": ev["uid"], "gid": ev["gid"], "comm": comm,
             "filename": output.text(ev["filename"]),
-            "args": [output.text(a) for a in _args(ev["args"], ev["args_len"])],
+            "args": [output.text(a) for a in argv],
             "args_truncated": bool(ev["args_truncated"]),
         }
         rec.update(fields)
@@ -253,7 +258,12 @@ def run_bpf(args, prepared=None):
 
     for note in self_awareness():
         print(f"pybpfload: note: {note}", file=sys.stderr)
-    resolver = process_view.Resolver(process_view.state_from_args(args))
+    state = process_view.state_from_args(args)
+    # Events are decoded in batches, after the fact: a state file missing at
+    # a container's first exec (runc init runs before state.json is written)
+    # is there for the next one, so "not there" must not be cached.
+    state.negative_ttl = 0.0
+    resolver = process_view.Resolver(state)
     out = sys.stdout
     stats = {"events": 0, "container": 0, "host": 0, "shown": 0}
     reader = None
