@@ -419,7 +419,7 @@ def test_table_filters_signals_summary_and_no_leaks(lab, started):
         assert not host.find(m_cont, timeout=0.2)
         named = watchers["name"]
         assert named.one(m_cont)["container_name"] == name
-        assert all(r["container_name"] == name for r in named.records)
+        assert all(r["container_id"] == s.id for r in named.records)
         # the table: 12-char ids, the row of our container, no row of the host command
         table = watchers["table"]
         assert wait_for(lambda: m_cont in table.stdout() and m_host in table.stdout(), 15)
