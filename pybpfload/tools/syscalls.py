@@ -117,6 +117,21 @@ def cgroup_id_of(directory):
 
 # -- the counter maps ------------------------------------------------------------
 
+#: syscalls.bpf.o's programs: the fast one (tp_btf, direct task loads, a
+#: per-CPU cache; needs bpf_get_current_task_btf) and the fallback (raw_tp)
+FAST_PROGRAM, FALLBACK_PROGRAM = "count_syscalls", "count_syscalls_raw"
+
+
+def counter_program():
+    """The program of syscalls.bpf.o to load and attach on this kernel (only one)."""
+    from ..kernel import features
+    try:
+        fast = features.has_get_current_task_btf()
+    except OSError:
+        fast = False
+    return FAST_PROGRAM if fast else FALLBACK_PROGRAM
+
+
 def _int_variable(obj, name):
     value = obj.get_variable(name)
     return value if isinstance(value, int) else int.from_bytes(bytes(value), "little")
@@ -131,6 +146,11 @@ class Counter:
         self.watched = obj.map("watched")
         self.counts = obj.map("counts")
         self.overflow_map = obj.map("overflow")
+        # written after every change of `watched`: (generation + 1, empty?);
+        # the program's per-CPU cache of its last (cgroup -> slot) answer is
+        # only used under the same generation, and "empty" skips everything
+        self.state_map = obj.map("watch_state") if "watch_state" in obj.spec.maps else None
+        self.generation = 0
         self.columns = _int_variable(obj, "max_syscalls")
         self.compat_base = _int_variable(obj, "compat_base")
         self.max_slots = _int_variable(obj, "max_slots")
@@ -145,6 +165,7 @@ class Counter:
         self._prev = ctypes.c_uint32(0)
         self._out = ctypes.c_uint32(0)
         self.batch = True
+        self._changed()               # nothing watched yet
 
     def _name(self, column):
         if column < self.compat_base:
@@ -164,13 +185,21 @@ class Counter:
             self.dirty.discard(slot)
         self.watched.update(cgid, slot)
         self.slots[cgid] = slot
+        self._changed()
         return slot
+
+    def _changed(self):
+        if self.state_map is not None:
+            self.generation = (self.generation + 1) & 0xFFFFFFFF
+            self.state_map.update(0, self.generation.to_bytes(4, "little")
+                                  + (0 if self.slots else 1).to_bytes(4, "little"))
 
     def unwatch(self, cgid):
         slot = self.slots.pop(cgid, None)
         if slot is None:
             return
         self.watched.delete(cgid)
+        self._changed()
         self.dirty.add(slot)
         self.free.insert(0, slot)     # reused last: its counts stay readable a while
 
@@ -352,12 +381,9 @@ class Monitor:
         from ..kernel.bpf_object import BPFObject, kernel_btf
         from ..obj.layout import Layout
         subsys, ctrl = choose_v1_subsys(kernel_btf())
-        self.counter_obj = BPFObject(prebuilt_object("syscalls.bpf.o"))
         self.classify_obj = BPFObject(prebuilt_object("classify.bpf.o"))
-        for obj in (self.counter_obj, self.classify_obj):
-            obj.set_variable("v1_subsys_id", subsys)
-        self.counter_obj.set_variable("count_all", bool(self.args.all))
-        self.counter_obj.load()
+        self.classify_obj.set_variable("v1_subsys_id", subsys)
+        self.counter_obj = self._load_counter(subsys, counter_program())
         self.classify_obj.load()
         self.exec_layout = Layout.of_struct(self.classify_obj.spec.btf, "exec_event",
                                             raw=("args",))
@@ -371,6 +397,19 @@ class Monitor:
         self.watcher.seed(walk())
         self.counter_obj.attach()
         return self
+
+    def _load_counter(self, subsys, program):
+        from ..kernel.bpf_object import BPFObject
+        obj = BPFObject(prebuilt_object("syscalls.bpf.o"))
+        obj.set_variable("v1_subsys_id", subsys)
+        obj.set_variable("count_all", bool(self.args.all))
+        try:
+            return obj.load([program])
+        except BPFError:
+            if program == FALLBACK_PROGRAM:   # (load closed obj)
+                raise
+            # e.g. 5.11: bpf_get_current_task_btf but no atomic fetch yet
+            return self._load_counter(subsys, FALLBACK_PROGRAM)
 
     def close(self):
         for obj in (self.counter_obj, self.classify_obj):
