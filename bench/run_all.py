@@ -101,10 +101,15 @@ def machine():
         pass
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
+    # what was measured is the working tree: name the tracked files that differ from HEAD
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "-uno"],
+                           capture_output=True, text=True).stdout.split("\n")
+    dirty = [ln[3:] for ln in dirty if ln.strip()]
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": commit, "distro": distro()}
+            "commit": commit, "uncommitted": dirty, "distro": distro(),
+            "load_average": os.getloadavg()[0]}
 
 
 def distro():
@@ -229,7 +234,10 @@ class Report:
         self.table(["machine", ""], [
             ("CPU", m["cpu"]), ("cores", m["cores"]), ("memory", f"{m['memory_gb']} GB"),
             ("kernel", m["kernel"]), ("system", m.get("distro", "")),
-            ("Python", m["python"]), ("date", m["date"]), ("commit", m["commit"]),
+            ("Python", m["python"]), ("date", m["date"]),
+            ("commit", m["commit"] + (" + uncommitted changes to " + ", ".join(
+                f"`{p}`" for p in m["uncommitted"]) if m.get("uncommitted") else "")),
+            ("load average at start", num(m.get("load_average"), "{:.2f}")),
             ("whole run", f"{total:.0f} s")])
 
     def goals_summary(self, goals):
@@ -373,6 +381,9 @@ class Report:
                          note))
         self.table(["", "ns / call", "vs floor", "goal"], rows)
         self.image(PLOT_SYSCALLS, "ns per getppid: bare, floors, pybpfload, peers")
+        if any(p.endswith("syscalls.bpf.o") for p in self.raw["machine"].get("uncommitted", [])):
+            self.add("Measured with an uncommitted `prebuilt/syscalls.bpf.o` (work in "
+                     "progress in the checkout at the time): not the committed counter.", "")
         if r["bare"] > floor:
             self.add("The bare loop measured slower than the floor here: the noise of the "
                      "shared machine is of the order of the differences; read the "
@@ -548,8 +559,9 @@ def main():
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite RESULTS.md and the plots from build/bench/results.json")
     ap.add_argument("--no-install", action="store_true", help="do not apt/pip install peers")
-    ap.add_argument("--only", action="append", default=[],
-                    choices=[s[0] for s in STEPS], help="run only this benchmark (repeatable)")
+    ap.add_argument("--only", action="append", default=[], choices=[s[0] for s in STEPS],
+                    help="run only this benchmark (repeatable); the others keep their "
+                         "numbers from the last run")
     args = ap.parse_args()
     if args.render_only:
         with open(RAW) as f:
@@ -561,6 +573,15 @@ def main():
         if not args.no_install:
             ensure_tools()
         raw = run_all(set(args.only))
+        if args.only and os.path.exists(RAW):   # a subset: keep the others' last numbers
+            with open(RAW) as f:
+                old = json.load(f)
+            for key in ("results", "errors", "seconds"):
+                for name in args.only:
+                    old[key].pop(name, None)
+                old[key].update(raw[key])
+            old["machine"]["date"] = raw["machine"]["date"]
+            raw = old
         os.makedirs(os.path.dirname(RAW), exist_ok=True)
         with open(RAW, "w") as f:
             json.dump(raw, f, indent=1)
