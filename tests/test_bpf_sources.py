@@ -20,7 +20,7 @@ from conftest import PREBUILT, ROOT
 
 OBJECTS = {
     "classify": {"handle_exec", "handle_exit", "handle_fork"},
-    "syscalls": {"count_syscalls"},
+    "syscalls": {"count_syscalls", "count_syscalls_raw"},
     "floor": {"floor_raw_tp", "floor_tp"},
 }
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
@@ -121,8 +121,10 @@ def _attach_tracepoint(prog_fd, tracefs, group, event):
 
 
 def _attach_raw_tracepoint(prog_fd, name):
-    cname = ctypes.create_string_buffer(name.encode())
-    return _bpf(17, struct.pack("=QI", ctypes.addressof(cname), prog_fd))  # RAW_TRACEPOINT_OPEN
+    """name None: a tp_btf program (its tracepoint was given at load)."""
+    cname = ctypes.create_string_buffer(name.encode()) if name else None
+    return _bpf(17, struct.pack("=QI", ctypes.addressof(cname) if name else 0,
+                                prog_fd))  # RAW_TRACEPOINT_OPEN
 
 
 @pytest.fixture
@@ -458,7 +460,8 @@ def _child_script(calls, ia32):
 @pytest.mark.root
 @needs_bpftool
 @pytest.mark.parametrize("mode", ["v2", "v1", "count_all"])
-def test_syscalls_counts_watched_cgroup(tmp_path, cgroups, mode):
+@pytest.mark.parametrize("prog", ["count_syscalls", "count_syscalls_raw"])
+def test_syscalls_counts_watched_cgroup(tmp_path, cgroups, mode, prog):
     """Attach count_syscalls; a child in a watched cgroup calls getppid N
     times: exactly N land in (its slot, getppid); an unwatched child's calls
     are not counted (unless count_all: slot 0)."""
@@ -497,9 +500,10 @@ def test_syscalls_counts_watched_cgroup(tmp_path, cgroups, mode):
                       "key", *_hex(struct.pack("<Q", os.stat(watched_cg).st_ino)),
                       "value", *_hex(struct.pack("<I", slot)))
         try:
-            prog_fd = _pinned_prog_fd(f"{pin}/progs/count_syscalls")
+            prog_fd = _pinned_prog_fd(f"{pin}/progs/{prog}")
             fds.append(prog_fd)
-            fds.append(_attach_raw_tracepoint(prog_fd, "sys_enter"))
+            fds.append(_attach_raw_tracepoint(prog_fd, None if prog == "count_syscalls"
+                                              else "sys_enter"))
             run_in(watched_cg)
             run_in(watched_cg, ia32=True)
             run_in(other_cg)
