@@ -237,12 +237,11 @@ class RuntimeState:
             return self._containerd(cid, namespace)
         if runtime == "cri-o":
             return self._crio(cid)
-        if runtime == "runc":
-            doc = _json(read_state_file(self.roots["runc"], [cid, "state.json"]))
-            return ContainerInfo(name=cid, found=True) if isinstance(doc, dict) else EMPTY
-        if runtime == "crun":
-            doc = _json(read_state_file(self.roots["crun"], [cid, "status"]))
-            return ContainerInfo(name=cid, found=True) if isinstance(doc, dict) else EMPTY
+        if runtime in ("runc", "crun"):
+            # a bare runc/crun container is named by its id; its directory is
+            # there from create on (its state file only later)
+            return ContainerInfo(name=cid, found=True) if _stat_state(self.roots[runtime], [cid]) \
+                else EMPTY
         if runtime in ("lxc", "systemd-nspawn"):
             return ContainerInfo(name=cid, found=True)
         return EMPTY
