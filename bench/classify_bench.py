@@ -17,9 +17,16 @@ For each tool — ``python -m pybpfload classify --json``, libbpf-tools
 Prints numbers beside the goals (attached <= 100 ms, RSS <= 25 MB, a storm
 100% reported or every miss counted as lost); asserts nothing.  Python is run
 with precompiled bytecode (a private pycache), as an installed package is.
-Run as root: ``python3 bench/classify_bench.py`` (STORM=N, RUNS=N to change).
+Run as root: ``python3 bench/classify_bench.py`` (STORM=N, RUNS=N to change);
+``--json`` prints one JSON document instead of the table: ``tools`` (one
+entry per tool: ready_ms, rss_mb, per-storm rate/execs/reported/lost, or the
+error that kept it from running) and ``storm`` (one row per tool and storm:
+``{tool, where, rate, execs, reported, lost}``; lost is null where the tool
+does not count its losses).
 """
 
+import argparse
+import json
 import os
 import re
 import shutil
@@ -152,7 +159,77 @@ def storm(where, lab, container):
     return STORM // PARALLEL * PARALLEL / dt
 
 
+def measure(tool, lab, box, work):
+    """One tool: (ready ms best of RUNS, VmHWM MB max, {where: (rate, reported, lost)})."""
+    readies, hwms = [], []
+    for _ in range(RUNS):
+        t = tool.start(work)
+        readies.append(t.ready_ms)
+        t.stop()
+        hwms.append(t.hwm)
+    results = {}
+    for where in ("host", "container"):
+        tool.start(work)
+        try:
+            rate = storm(where, lab, box)
+            time.sleep(1.0)                    # let the reader drain
+        finally:
+            tool.stop()
+        results[where] = (rate, tool.reported(), tool.lost())
+    return min(readies), max(hwms), results
+
+
+def as_json(rows):
+    """The measured rows as one JSON document (see the module docstring)."""
+    n = STORM // PARALLEL * PARALLEL
+    out = {"storm_execs": n, "parallel": PARALLEL, "runs": RUNS, "cpus": os.cpu_count(),
+           "path": TRUE, "tools": [], "storm": []}
+    for name, ready_ms, hwm, res in rows:
+        if ready_ms is None:
+            out["tools"].append({"tool": name, "error": res})
+            continue
+        entry = {"tool": name, "ready_ms": round(ready_ms, 1), "rss_mb": round(hwm, 1)}
+        for where, (rate, rep, lost) in res.items():
+            entry[where] = {"rate": round(rate), "execs": n, "reported": rep, "lost": lost}
+            out["storm"].append({"tool": name, "where": where, "rate": round(rate),
+                                 "execs": n, "reported": rep, "lost": lost})
+        out["tools"].append(entry)
+    return out
+
+
+def print_table(rows):
+    print(f"\nclassify vs peers: exec storms of {STORM} x {TRUE} (busybox sh loop), "
+          f"best-of-{RUNS} ready, {os.cpu_count()} CPUs\n")
+    head = f"{'tool':22} {'ready ms':>9} {'RSS MB':>7}   " + "   ".join(
+        f"{w + ' execs/s':>16} {'reported':>9} {'lost':>6}" for w in ("host", "container"))
+    print(head)
+    print("-" * len(head))
+    n = STORM // PARALLEL * PARALLEL
+    for name, ready_ms, hwm, res in rows:
+        if ready_ms is None:
+            print(f"{name:22} not runnable here: {res[:90]}")
+            continue
+        cells = []
+        for where in ("host", "container"):
+            rate, rep, lost = res[where]
+            cells.append(f"{rate:16.0f} {100.0 * rep / n:8.1f}% "
+                         f"{('?' if lost is None else lost):>6}")
+        print(f"{name:22} {ready_ms:9.0f} {hwm:7.1f}   " + "   ".join(cells))
+    print("\ngoals (classify): ready <= 100 ms, RSS <= 25 MB, "
+          "reported 100% or every miss counted as lost")
+    for name, ready_ms, hwm, res in rows:
+        if not name.startswith("classify") or ready_ms is None:
+            continue
+        ok_storm = all(rep + (lost or 0) >= n for _, rep, lost in res.values())
+        print(f"  {name}: ready {'ok' if ready_ms <= 100 else 'MISSED'}, "
+              f"RSS {'ok' if hwm <= 25 else 'MISSED'}, storms {'ok' if ok_storm else 'MISSED'}")
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON document with the measured rows instead of the table")
+    args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
     from runtimes import Lab
@@ -163,7 +240,7 @@ def main():
     env["PYTHONPYCACHEPREFIX"] = pyc
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "pybpfload")],
-                   env=env, check=True)
+                   env=env, check=True, stdout=subprocess.DEVNULL)
     work = tempfile.mkdtemp(prefix="classify-bench-")
     ready = os.path.join(work, "ready")
     rows = []
@@ -175,55 +252,22 @@ def main():
             for pages in pages_variants:
                 names += tools(ready, env, pages) if pages is None else tools(ready, env, pages)[:1]
             for tool in names:
-                readies, hwms = [], []
                 try:
-                    tool.start(work).stop()
+                    tool.start(work).stop()          # a first start: warm caches, or fail
+                    rows.append((tool.name, *measure(tool, lab, box, work)))
                 except RuntimeError as exc:
                     rows.append((tool.name, None, None, " ".join(str(exc).split())))
                     print(f"  cannot run {tool.name}: {exc}", file=sys.stderr)
                     continue
-                for _ in range(RUNS):
-                    t = tool.start(work)
-                    readies.append(t.ready_ms)
-                    t.stop()
-                    hwms.append(t.hwm)
-                results = {}
-                for where in ("host", "container"):
-                    tool.start(work)
-                    rate = storm(where, lab, box)
-                    time.sleep(1.0)                    # let the reader drain
-                    tool.stop()
-                    results[where] = (rate, tool.reported(), tool.lost())
-                rows.append((tool.name, min(readies), max(hwms), results))
                 print(f"  done: {tool.name}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pyc, ignore_errors=True)
 
-    print(f"\nclassify vs peers: exec storms of {STORM} x {TRUE} (busybox sh loop), "
-          f"best-of-{RUNS} ready, {os.cpu_count()} CPUs\n")
-    head = f"{'tool':22} {'ready ms':>9} {'RSS MB':>7}   " + "   ".join(
-        f"{w + ' execs/s':>16} {'reported':>9} {'lost':>6}" for w in ("host", "container"))
-    print(head)
-    print("-" * len(head))
-    for name, ready_ms, hwm, res in rows:
-        if ready_ms is None:
-            print(f"{name:22} not runnable here: {res[:90]}")
-            continue
-        cells = []
-        for where in ("host", "container"):
-            rate, rep, lost = res[where]
-            cells.append(f"{rate:16.0f} {100.0 * rep / (STORM // PARALLEL * PARALLEL):8.1f}% {('?' if lost is None else lost):>6}")
-        print(f"{name:22} {ready_ms:9.0f} {hwm:7.1f}   " + "   ".join(cells))
-    print("\ngoals (classify): ready <= 100 ms, RSS <= 25 MB, "
-          "reported 100% or every miss counted as lost")
-    for name, ready_ms, hwm, res in rows:
-        if not name.startswith("classify") or ready_ms is None:
-            continue
-        n = STORM // PARALLEL * PARALLEL
-        ok_storm = all(rep + (lost or 0) >= n for _, rep, lost in res.values())
-        print(f"  {name}: ready {'ok' if ready_ms <= 100 else 'MISSED'}, "
-              f"RSS {'ok' if hwm <= 25 else 'MISSED'}, storms {'ok' if ok_storm else 'MISSED'}")
+    if args.json:
+        print(json.dumps(as_json(rows)))
+    else:
+        print_table(rows)
 
 
 if __name__ == "__main__":

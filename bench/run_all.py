@@ -109,6 +109,9 @@ def machine():
             "kernel": platform.release(), "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit, "uncommitted": dirty, "distro": distro(),
+            # BCC compiles on the target: it needs one of these
+            "kernel_headers": any(os.path.exists(p) for p in (
+                f"/lib/modules/{platform.release()}/build", "/sys/kernel/kheaders.tar.xz")),
             "load_average": os.getloadavg()[0]}
 
 
@@ -193,6 +196,48 @@ def verdict(ok):
 
 def num(v, fmt="{:.1f}", unit=""):
     return "n/a" if v is None else fmt.format(v) + unit
+
+
+def pct(part, whole):
+    return "n/a" if not whole else f"{100.0 * part / whole:.1f}%"
+
+
+def md_cell(text):
+    """A tool's message made safe for one markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("`", "'")
+
+
+# syscalls_bench.py JSON key, label, hook
+PEERS_SYSCALLS = (
+    ("syscount", "libbpf-tools `syscount`", "tracepoint ×2"),
+    ("syscount-bpfcc", "BCC `syscount-bpfcc`", "tracepoint ×2"),
+    ("bpftrace", "bpftrace `@[cgroup, args->id] = count()`", "tracepoint"),
+)
+PEERS_CLASSIFY = ("execsnoop", "bpftrace", "execsnoop-bpfcc")
+PEER_LABELS = {"execsnoop": "libbpf-tools `execsnoop`",
+               "execsnoop-bpfcc": "BCC `execsnoop-bpfcc`",
+               "bpftrace": "bpftrace one-liner on `sched_process_exec`"}
+
+
+def floors_of(r):
+    """{hook: (label, wall ns)} of the empty programs measured by syscalls_bench."""
+    out = {"raw_tp": ("raw_tp", r["floor_raw_tp"])}
+    if r.get("floor_tp_btf") is not None:
+        out["tp_btf"] = ("tp_btf", r["floor_tp_btf"])
+    out["tracepoint"] = ("classic tracepoint", r["floor_tp"])
+    return out
+
+
+def counter_entries(r):
+    """[(program name, entry)] of syscalls_bench's counter rows: the program syscalls
+    runs first, then by key (v1 before v2)."""
+    out = []
+    for key, e in r.items():
+        if isinstance(e, dict) and "counting" in e and "skipped" in e:
+            name = e.get("program", "syscalls.bpf.o")
+            used = e.get("used", name == r.get("program") or "program" not in e)
+            out.append(((not used, key), name, e))
+    return [(name, e) for _, name, e in sorted(out, key=lambda x: x[0])]
 
 
 class Report:
@@ -344,50 +389,77 @@ class Report:
         if self.missing("syscalls"):
             return
         r = self.res["syscalls"]
-        floor = r["floor_raw_tp"]
-        self.add(f"ns per `getppid` in a tight C loop, minimum of {r['runs']} runs of "
-                 f"{r['calls']:,} calls.  Ours: `syscalls.bpf.o` with the loop's cgroup "
-                 f"watched (counting) or not (skipped).  Peers count every process of the "
-                 f"host.  Overhead is against the empty raw_tp program (the floor), "
-                 f"{floor:.1f} ns.", "")
-        rows = [("bare (nothing attached)", num(r["bare"]), num(r["bare"] - floor, "{:+.1f}"),
-                 ""),
-                ("floor: empty raw_tp program", num(floor), "0", ""),
-                ("floor: empty classic tracepoint program", num(r["floor_tp"]),
-                 num(r["floor_tp"] - floor, "{:+.1f}"), "")]
-        for key in ("v1", "v2"):
-            v = r.get(key)
-            if not v:
-                continue
-            c_ok = v["counting"] <= floor + 30
-            s_ok = v["skipped"] <= floor + 15
-            rows.append((f"**pybpfload counting** ({v['key']} key)", num(v["counting"]),
-                         num(v["counting"] - floor, "{:+.1f}"), f"≤ +30: {verdict(c_ok)}"))
-            rows.append((f"**pybpfload skipped** ({v['key']} key)", num(v["skipped"]),
-                         num(v["skipped"] - floor, "{:+.1f}"), f"≤ +15: {verdict(s_ok)}"))
-            goals.append((f"syscalls counting ≤ floor + 30 ns ({v['key']})",
-                          f"{v['counting'] - floor:+.1f} ns", verdict(c_ok)))
-            goals.append((f"syscalls skipped ≤ floor + 15 ns ({v['key']})",
-                          f"{v['skipped'] - floor:+.1f} ns", verdict(s_ok)))
-        for key, label in (("syscount", "libbpf-tools syscount"),
-                           ("syscount-bpfcc", "BCC syscount-bpfcc"),
-                           ("bpftrace", "bpftrace `@[cgroup, args->id] = count()`")):
+        bare = r["bare"]
+        floors = floors_of(r)
+        used = r.get("program")
+        self.add(f"ns per `getppid` in a tight C loop pinned to one CPU: wall = minimum "
+                 f"of {r['runs']} round-robin rounds of {r['calls']:,} calls over every "
+                 f"row; prog = the program's own ns per run from the kernel's BPF run-time "
+                 f"statistics (much less noisy).  Ours: each program of `syscalls.bpf.o` "
+                 f"with the loop's cgroup watched (counting) or not (skipped), for the v1 "
+                 f"and the v2 cgroup key; `syscalls` runs `{used or '?'}` on this kernel, "
+                 f"the other one is its fallback.  Overheads and goals are against the "
+                 f"empty program on the **same hook**.  The peers count every process of "
+                 f"the host on classic tracepoints.", "")
+        prog_ns = r.get("prog_ns") or {}
+        rows = [("bare (nothing attached)", "", num(bare), "", "", "", "")]
+        for hook, (label, wall) in floors.items():
+            rows.append((f"floor: empty {label} program", hook, num(wall),
+                         num(wall - bare, "{:+.1f}"), "0",
+                         num(prog_ns.get(f"floor: empty {label}"), "{:.1f}"), ""))
+        for name, e in counter_entries(r):
+            floor = e.get("floor", r["floor_raw_tp"])
+            hook = e.get("hook", "raw_tp")
+            runs = "runs here" if e.get("used", name == used or "program" not in e) \
+                else "fallback"
+            what = f"`{name}` ({runs}), {e['key']} key"
+            for kind, goal in (("counting", 30), ("skipped", 15)):
+                ns = e[kind]
+                ok = ns <= floor + goal
+                over_prog = None
+                if e.get(f"{kind}_prog_ns") is not None and e.get("floor_prog_ns") is not None:
+                    over_prog = e[f"{kind}_prog_ns"] - e["floor_prog_ns"]
+                extra = f", {e['counted']:,} counted" if kind == "counting" and \
+                    e.get("counted") is not None else ""
+                rows.append((f"**pybpfload {kind}**: {what}{extra}", hook, num(ns),
+                             num(ns - bare, "{:+.1f}"), num(ns - floor, "{:+.1f}"),
+                             num(e.get(f"{kind}_prog_ns"), "{:.1f}") +
+                             ("" if over_prog is None else f" ({over_prog:+.1f})"),
+                             f"≤ +{goal}: {verdict(ok)}"))
+                goals.append((f"syscalls {kind} ≤ {hook} floor + {goal} ns "
+                              f"(`{name}`, {e['key']})", f"{ns - floor:+.1f} ns", verdict(ok)))
+        tp_floor = r.get("floor_tp")
+        for key, label, hook in PEERS_SYSCALLS:
             ns = r.get(key)
-            note = ""
             if ns is None:
-                note = ("did not run: BCC compiles on the target and needs this kernel's "
-                        "headers" if key.endswith("bpfcc") else "did not run")
-            rows.append((label, num(ns), "" if ns is None else num(ns - floor, "{:+.1f}"),
-                         note))
-        self.table(["", "ns / call", "vs floor", "goal"], rows)
+                note = ("cannot run here: " + self.bcc_why()) if key.endswith("bpfcc") \
+                    else "did not run (not installed, or never attached)"
+                rows.append((label, hook, "n/a", "", "", "", note))
+                continue
+            rows.append((label, hook, num(ns), num(ns - bare, "{:+.1f}"),
+                         "" if tp_floor is None else num(ns - tp_floor, "{:+.1f}"), "", ""))
+        self.table(["", "hook", "wall ns / call", "over bare", "over its hook's floor",
+                    "prog ns / run (over floor)", "goal"], rows)
+        self.add("The peers' \"over its hook's floor\" is against the empty classic "
+                 "tracepoint program; libbpf-tools `syscount` attaches two programs "
+                 "(sys_enter and sys_exit), so it pays that floor twice.", "")
         self.image(PLOT_SYSCALLS, "ns per getppid: bare, floors, pybpfload, peers")
         if any(p.endswith("syscalls.bpf.o") for p in self.raw["machine"].get("uncommitted", [])):
             self.add("Measured with an uncommitted `prebuilt/syscalls.bpf.o` (work in "
                      "progress in the checkout at the time): not the committed counter.", "")
-        if r["bare"] > floor:
-            self.add("The bare loop measured slower than the floor here: the noise of the "
-                     "shared machine is of the order of the differences; read the "
-                     "overheads as ± that.", "")
+        if any(bare > wall for _, wall in floors.values()):
+            self.add("The bare loop measured slower than a floor here: the noise of the "
+                     "shared machine is of the order of the differences; read the wall "
+                     "overheads as ± that (the prog column is not affected).", "")
+
+    def bcc_why(self):
+        """Why a BCC tool did not run: it compiles its C against this kernel's headers."""
+        m = self.raw["machine"]
+        if m.get("kernel_headers") is False:
+            return (f"BCC compiles its C on the target and needs this kernel's headers "
+                    f"(`/lib/modules/{m['kernel']}/build` or `/sys/kernel/kheaders.tar.xz`), "
+                    f"which this kernel does not have")
+        return "BCC compiles its C on the target against this kernel's headers; it failed"
 
     def classify(self, goals):
         self.add("## classify (`bench/classify_bench.py`)", "")
@@ -397,7 +469,57 @@ class Report:
             goals.append(("exec storm: 100% reported or counted lost", "n/a", verdict(None)))
             return
         r = self.res["classify"]
-        self.add("```", json.dumps(r, indent=1)[:3000], "```", "")
+        n = r["storm_execs"]
+        self.add(f"Each tool in its own runs.  Ready: launch → attached (classify: its "
+                 f"`--ready-file` appears; the peers: their first line, printed once "
+                 f"attached), best of {r['runs']}.  RSS: the tool's VmHWM, the largest of "
+                 f"those runs.  Storms: {r['parallel']} busybox `sh` loops exec'ing "
+                 f"`{r['path']}` {n:,} times in all, on the host and inside a runc "
+                 f"container; reported = output lines naming that path, lost = the "
+                 f"tool's own count of lost events (`?`: the tool does not count them).  "
+                 f"{r['cpus']} shared CPUs.", "")
+        seen = {t["tool"]: t for t in r["tools"]}
+        rows = []
+        for t in r["tools"] + [{"tool": p, "error": None} for p in PEERS_CLASSIFY
+                               if p not in seen]:
+            name = t["tool"]
+            label = f"**pybpfload {name}**" if name.startswith("classify") else PEER_LABELS.get(
+                name, name)
+            if "error" in t:
+                if t["error"] is None:
+                    why = "not installed"
+                elif name.endswith("bpfcc"):
+                    why = "cannot run here: " + self.bcc_why()
+                else:
+                    why = "cannot run here: " + md_cell(t["error"][:160])
+                rows.append((label, "n/a", "n/a", why, "", "", "", "", ""))
+                continue
+            cells = [label, num(t["ready_ms"], "{:.0f}", " ms"), num(t["rss_mb"], unit=" MB")]
+            for where in ("host", "container"):
+                s = t[where]
+                cells += [f"{s['rate']:,}", f"{s['reported']:,} ({pct(s['reported'], n)})",
+                          "?" if s["lost"] is None else f"{s['lost']:,}"]
+            rows.append(cells)
+        self.table(["tool", "ready", "RSS (VmHWM)", "host execs/s", "host reported",
+                    "host lost", "container execs/s", "container reported",
+                    "container lost"], rows)
+        ours = seen.get("classify")
+        if not ours or "error" in ours:
+            why = "did not run" if not ours else md_cell(ours["error"][:160])
+            for g in ("classify attached ≤ 100 ms", "classify RSS ≤ 25 MB",
+                      "exec storm: 100% reported or counted lost"):
+                goals.append((g, why, verdict(None)))
+        else:
+            goals.append(("classify attached ≤ 100 ms", num(ours["ready_ms"], "{:.0f}", " ms"),
+                          verdict(ours["ready_ms"] <= 100)))
+            goals.append(("classify RSS ≤ 25 MB", num(ours["rss_mb"], unit=" MB"),
+                          verdict(ours["rss_mb"] <= 25)))
+            for where in ("host", "container"):
+                s = ours[where]
+                lost = s["lost"] or 0
+                goals.append((f"classify {where} exec storm: 100% reported or counted lost",
+                              f"{s['reported']:,} + {lost:,} lost of {n:,}",
+                              verdict(s["reported"] + lost >= n)))
         if r.get("storm"):
             self.image(PLOT_STORM, "exec storm: share reported, lost, missing per tool")
 
@@ -448,43 +570,45 @@ class Report:
 # ---------------------------------------------------------------- plots
 
 def plot_syscalls(r, path):
-    """Bars of ns added per getppid() over the bare loop, absolute ns in brackets."""
+    """Bars of wall ns added per getppid() over the bare loop (absolute ns beside them);
+    each of our bars carries a tick at its goal: its own hook's floor + 30 / + 15 ns."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    bare, floor = r["bare"], r["floor_raw_tp"]
-    bars = [("floor: empty raw_tp program", floor, "#90caf9"),
-            ("floor: empty tracepoint program", r["floor_tp"], "#90caf9")]
-    for key in ("v1", "v2"):
-        v = r.get(key)
-        if v:
-            short = "v1 cgroup key" if key == "v1" else "v2 cgroup key"
-            bars.append((f"pybpfload counting ({short})", v["counting"], "#2e7d32"))
-            bars.append((f"pybpfload skipped ({short})", v["skipped"], "#81c784"))
-    for key, label in (("syscount", "libbpf-tools syscount"),
-                       ("syscount-bpfcc", "BCC syscount-bpfcc"),
-                       ("bpftrace", "bpftrace @[cgroup, id] = count()")):
-        bars.append((label, r.get(key), "#ef6c00"))
+    bare = r["bare"]
+    floors = floors_of(r)
+    bars = [(f"floor: empty {label} program", wall, "#90caf9", None)
+            for label, wall in floors.values()]
+    for name, e in counter_entries(r):
+        floor = e.get("floor", r["floor_raw_tp"])
+        key = e["key"].replace(" id", "")
+        for kind, goal, color in (("counting", 30, "#2e7d32"), ("skipped", 15, "#81c784")):
+            bars.append((f"{name} {kind} ({key})", e[kind], color, floor + goal))
+    for key, label, _ in PEERS_SYSCALLS:
+        bars.append((label.replace("`", ""), r.get(key), "#ef6c00", None))
     bars = bars[::-1]
-    added = [0.0 if ns is None else ns - bare for _, ns, _ in bars]
-    fig, ax = plt.subplots(figsize=(8.5, 0.4 * len(bars) + 1.9), dpi=80)
+    added = [0.0 if ns is None else ns - bare for _, ns, _, _ in bars]
+    marks = [None if g is None else g - bare for _, _, _, g in bars]
+    fig, ax = plt.subplots(figsize=(9, 0.36 * len(bars) + 1.9), dpi=80)
     ax.barh([b[0] for b in bars], added, color=[b[2] for b in bars])
-    lo, hi = min(added + [0.0]), max(added + [1.0])
+    lo = min(added + [m for m in marks if m is not None] + [0.0])
+    hi = max(added + [m for m in marks if m is not None] + [1.0])
     span = hi - lo
-    for i, ((_, ns, _), x) in enumerate(zip(bars, added)):
+    for i, ((_, ns, _, _), x, m) in enumerate(zip(bars, added, marks)):
         text = "did not run" if ns is None else f"{x:+.0f} ns  ({ns:.0f})"
-        ax.text(max(x, 0) + span * 0.01, i, text, va="center", fontsize=9)
+        ax.text(max(x, 0) + span * 0.01, i, text, va="center", fontsize=8)
+        if m is not None:
+            ax.plot([m, m], [i - 0.42, i + 0.42], color="black", lw=1.6)
+    ax.plot([], [], color="black", lw=1.6,
+            label="goal: the same hook's floor + 30 ns (counting) / + 15 ns (skipped)")
     ax.axvline(0, color="black", lw=0.8)
-    ax.axvline(floor - bare + 30, color="#2e7d32", ls="--", lw=1,
-               label="goal counting: raw_tp floor + 30 ns")
-    ax.axvline(floor - bare + 15, color="#81c784", ls=":", lw=1.8,
-               label="goal skipped: raw_tp floor + 15 ns")
+    ax.tick_params(axis="y", labelsize=8)
     ax.set_xlim(lo - span * 0.05, hi + span * 0.3)
-    ax.set_xlabel(f"ns added per getppid() over the bare loop ({bare:.0f} ns); "
+    ax.set_xlabel(f"wall ns added per getppid() over the bare loop ({bare:.0f} ns); "
                   f"lower is better; (absolute ns)", fontsize=9)
-    ax.set_title(f"Cost per system call: min of {r['runs']} runs of {r['calls']:,} calls "
-                 f"on {r['cpus']} shared CPUs", fontsize=11, pad=26)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    ax.set_title(f"Cost per system call: min of {r['runs']} rounds of {r['calls']:,} calls "
+                 f"on {r['cpus']} shared CPUs", fontsize=11, pad=22)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -497,8 +621,14 @@ def storm_series(res):
     for row in c.get("storm", []):
         total = row.get("execs") or 0
         if total:
-            series.append((row["tool"], str(row.get("rate", "")),
-                           row.get("reported", 0) / total, row.get("lost", 0) / total))
+            tool = row["tool"] + (f" ({row['where']})" if row.get("where") else "")
+            rate = row.get("rate")
+            rate = f"{rate:,} execs/s" if isinstance(rate, (int, float)) else str(rate or "")
+            rep = min(1.0, row.get("reported", 0) / total)
+            series.append((tool, rate, rep, min(1.0 - rep, (row.get("lost") or 0) / total)))
+    if series:      # the tools that could not run here, as such
+        series += [(t["tool"], "did not run", None, None) for t in c.get("tools", [])
+                   if "error" in t]
     if not series and "soak" in res:
         s = res["soak"]
         if s["storm_execs"]:
@@ -513,9 +643,10 @@ def plot_storm(series, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = [f"{tool}\n{rate}" for tool, rate, _, _ in series]
-    rep = [100 * s[2] for s in series]
-    lost = [100 * s[3] for s in series]
-    gone = [max(0.0, 100 - a - b) for a, b in zip(rep, lost)]
+    ran = [s[2] is not None for s in series]
+    rep = [100 * s[2] if ok else 0.0 for s, ok in zip(series, ran)]
+    lost = [100 * s[3] if ok else 0.0 for s, ok in zip(series, ran)]
+    gone = [max(0.0, 100 - a - b) if ok else 0.0 for a, b, ok in zip(rep, lost, ran)]
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(series) + 1.6), dpi=80)
     y = range(len(series))[::-1]
     ax.barh(list(y), rep, color="#2e7d32", label="reported")
@@ -524,8 +655,9 @@ def plot_storm(series, path):
             label="missing, not counted")
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels, fontsize=8)
-    for yi, a in zip(y, rep):
-        ax.text(1, yi, f"{a:.1f}%", va="center", color="white", fontsize=8)
+    for yi, a, ok in zip(y, rep, ran):
+        ax.text(1, yi, f"{a:.1f}%" if ok else "could not run here", va="center",
+                color="white" if ok else "black", fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of the storm's execs (%)")
     ax.set_title("Exec storm: what each tool reported", fontsize=11, pad=22)

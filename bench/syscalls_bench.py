@@ -32,8 +32,9 @@ counting <= floor + 30 ns, skipped <= floor + 15 ns.
     sudo python3 bench/syscalls_bench.py [--calls N] [--runs R] [--compare OLD.bpf.o] [--json]
 
 ``--json`` prints one JSON object (every figure by key) instead of the table;
-``v1``/``v2`` are the program ``syscalls`` runs here, ``v1_raw``/``v2_raw``
-the fallback, ``prog_ns`` the run-time statistics.
+``v1``/``v2`` are the program ``syscalls`` runs here, ``v1_raw_tp``/``v2_raw_tp``
+the other one (each entry names its ``program``, ``hook`` and the wall ``floor``
+of that hook), ``prog_ns`` the run-time statistics.
 """
 
 import argparse
@@ -229,9 +230,11 @@ def counter_rows(bench, objs, path, tag, floors):
             prog = obj.program(name)
             floor = floors.get(prog.spec.attach_kind, floors["raw_tracepoint"])
             label = f"{tag}{name} ({key_label})"
-            out[(key, name)] = (
-                Row(f"{label} counting", [prog], True, floor, 30, lambda obj=obj: counted(obj)),
-                Row(f"{label} skipped", [prog], False, floor, 15))
+            pair = (Row(f"{label} counting", [prog], True, floor, 30, lambda obj=obj: counted(obj)),
+                    Row(f"{label} skipped", [prog], False, floor, 15))
+            for row in pair:        # the hook whose empty program is this row's floor
+                row.hook = "tp_btf" if floor is floors.get("tp_btf") else "raw_tp"
+            out[(key, name)] = pair
     return out
 
 
@@ -347,10 +350,13 @@ def main():
         for (key, name), (c, s) in ours.items():
             entry = {"counting": c.wall, "skipped": s.wall, "counted": c.counted,
                      "key": f"{bench.ctrl} v1 id" if key == "v1" else "v2 id",
-                     "program": name, "floor": c.floor.wall,
+                     "program": name, "floor": c.floor.wall, "hook": c.hook,
+                     "used": name == used,
                      "counting_prog_ns": c.prog_ns, "skipped_prog_ns": s.prog_ns,
                      "floor_prog_ns": c.floor.prog_ns}
-            measured[key if name == used else f"{key}_raw"] = entry
+            # v1/v2: the program syscalls runs here; v1_raw/v2_raw (v1_tp_btf/v2_tp_btf
+            # where the raw_tp one is what syscalls runs): the other program
+            measured[key if name == used else f"{key}_{c.hook}"] = entry
         for cmd, _, ns in peers:
             measured[cmd] = ns
         print(json.dumps(measured))
