@@ -345,7 +345,8 @@ def main():
     if a.json:
         measured = dict(bare=bare.wall, floor_raw_tp=raw_floor.wall, floor_tp=floor_tp.wall,
                         floor_tp_btf=floors["tp_btf"].wall if "tp_btf" in floors else None,
-                        calls=a.calls, runs=a.runs, cpus=os.cpu_count(), program=used,
+                        calls=a.calls, runs=a.runs, stats_runs=a.stats_runs,
+                        cpus=os.cpu_count(), program=used,
                         prog_ns={r.label: r.prog_ns for r in rows if r.prog_ns is not None})
         for (key, name), (c, s) in ours.items():
             entry = {"counting": c.wall, "skipped": s.wall, "counted": c.counted,
