@@ -26,7 +26,6 @@ from ..errors import KernelError, ParseError
 from .event_reader import EpollReader
 from . import perf_event as pe
 from .features import online_cpus
-from .fd import FD
 
 __all__ = ["PerfBuffer", "decode_perf_records", "PERF_RECORD_SAMPLE", "PERF_RECORD_LOST"]
 

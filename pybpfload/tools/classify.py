@@ -128,6 +128,19 @@ def announce_ready(path):
                        hint="give a path in a writable directory that is not a symlink")
 
 
+def poll_timeouts(duration, step_ms=500):
+    """Poll timeouts (ms) until ``duration`` seconds have passed; forever without one."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while True:
+        if deadline is None:
+            yield step_ms
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        yield max(1, min(step_ms, int(left * 1000)))
+
+
 class Stop(Exception):
     """SIGTERM or the end of --duration."""
 
@@ -264,8 +277,7 @@ def run_bpf(args, prepared=None):
     # is there for the next one, so "not there" must not be cached.
     state.negative_ttl = 0.0
     resolver = process_view.Resolver(state)
-    out = sys.stdout
-    stats = {"events": 0, "container": 0, "host": 0, "shown": 0}
+    printer = None
     reader = None
 
     def on_term(signum, frame):
@@ -282,36 +294,16 @@ def run_bpf(args, prepared=None):
             announce_ready(args.ready_file)
         if not args.no_seed:
             classifier.seed(walk())
-        table = None
-        if not args.json:
-            table = output.Table([("TIME", 8)] + process_view.COLUMNS, out)
-            table.header()
-            out.flush()
-        deadline = None if args.duration is None else time.monotonic() + args.duration
+        printer = process_view.EventPrinter(args, sys.stdout)
         lost_reported = 0
-        while True:
-            timeout = 500
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                timeout = max(1, min(timeout, int(left * 1000)))
+        for timeout in poll_timeouts(args.duration):
             for raw in reader.poll(timeout):
                 etype = int.from_bytes(raw[:4], "little")
                 if etype == EVENT_EXEC and len(raw) >= exec_layout.size:
-                    rec = classifier.record(exec_layout.decode(raw))
-                    stats["events"] += 1
-                    stats[rec["type"]] += 1
-                    if not process_view.wanted(rec, args):
-                        continue
-                    stats["shown"] += 1
-                    if table is None:
-                        out.write(output.json_line(rec) + "\n")
-                    else:
-                        table.row([rec["time"][11:19]] + process_view.table_values(rec))
+                    printer.emit(classifier.record(exec_layout.decode(raw)))
                 elif etype == EVENT_EXIT and len(raw) >= exit_layout.size:
                     classifier.exited(exit_layout.decode(raw)["pid"])
-            out.flush()
+            sys.stdout.flush()
             if reader.lost > lost_reported:
                 print(f"pybpfload: warning: {reader.lost - lost_reported} events lost "
                       f"(the reader fell behind; try --pages {args.pages * 2})", file=sys.stderr)
@@ -322,7 +314,9 @@ def run_bpf(args, prepared=None):
         signal.signal(signal.SIGTERM, old_term)
         lost = reader.lost if reader is not None else 0
         obj.close()
-        print(f"pybpfload classify: {stats['events']} execs ({stats['container']} in "
-              f"containers, {stats['host']} on the host), {stats['shown']} shown, "
+        c = printer.counts if printer is not None else dict.fromkeys(
+            ("events", "container", "host", "shown"), 0)
+        print(f"pybpfload classify: {c['events']} execs ({c['container']} in "
+              f"containers, {c['host']} on the host), {c['shown']} shown, "
               f"{lost} lost", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ namespace level and command name into the ``type`` the tools print.
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Optional
 
 #: runtime names reported in :attr:`Identity.runtime`
 RUNTIMES = ("docker", "containerd", "cri-o", "podman", "lxc", "systemd-nspawn", "runc", "crun")

@@ -31,7 +31,6 @@ import select
 import signal
 import struct
 import sys
-import time
 from collections import OrderedDict
 
 from ..errors import KernelError
@@ -284,7 +283,7 @@ def v1_controller(proc_cgroups="/proc/cgroups"):
 
 def run(args):
     """``classify`` on the connector: same records, filters, table, summary."""
-    from .classify import Classifier, Stop, announce_ready, self_awareness
+    from .classify import Classifier, Stop, announce_ready, poll_timeouts, self_awareness
 
     print(NOTE, file=sys.stderr)
     for note in self_awareness():
@@ -292,8 +291,7 @@ def run(args):
     resolver = process_view.Resolver(process_view.state_from_args(args))
     classifier = Classifier(resolver, v1_controller())
     records = ProcRecords(classifier)
-    out = sys.stdout
-    stats = {"events": 0, "container": 0, "host": 0, UNKNOWN: 0, "shown": 0}
+    printer = None
     events = None
 
     def on_term(signum, frame):
@@ -305,20 +303,9 @@ def run(args):
             announce_ready(args.ready_file)
         if not args.no_seed:
             classifier.seed(walk())
-        table = None
-        if not args.json:
-            table = output.Table([("TIME", 8)] + process_view.COLUMNS, out)
-            table.header()
-            out.flush()
-        deadline = None if args.duration is None else time.monotonic() + args.duration
+        printer = process_view.EventPrinter(args, sys.stdout, ("container", "host", UNKNOWN))
         lost_reported = 0
-        while True:
-            timeout = 500
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                timeout = max(1, min(timeout, int(left * 1000)))
+        for timeout in poll_timeouts(args.duration):
             for kind, pid, parent, ts in events.poll(timeout):
                 if kind == "fork":
                     records.forked(pid, parent)
@@ -326,18 +313,8 @@ def run(args):
                 if kind == "exit":
                     records.exited(pid)
                     continue
-                rec = records.record(pid, ts)
-                stats["events"] += 1
-                stats[rec["type"]] += 1
-                if not process_view.wanted(rec, args):
-                    continue
-                stats["shown"] += 1
-                if table is None:
-                    out.write(output.json_line(rec) + "\n")
-                else:
-                    shown = rec if rec["comm"] is not None else dict(rec, comm="?")
-                    table.row([rec["time"][11:19]] + process_view.table_values(shown))
-            out.flush()
+                printer.emit(records.record(pid, ts))
+            sys.stdout.flush()
             if events.lost > lost_reported:
                 print(f"pybpfload: warning: the connector's socket overflowed "
                       f"{events.lost - lost_reported} time(s): events lost", file=sys.stderr)
@@ -349,8 +326,10 @@ def run(args):
         lost = events.lost if events is not None else 0
         if events is not None:
             events.close()
-        print(f"pybpfload classify: {stats['events']} execs ({stats['container']} in "
-              f"containers, {stats['host']} on the host, {stats[UNKNOWN]} unknown: gone "
-              f"before /proc was read), {stats['shown']} shown, {lost} overruns "
+        c = printer.counts if printer is not None else dict.fromkeys(
+            ("events", "container", "host", UNKNOWN, "shown"), 0)
+        print(f"pybpfload classify: {c['events']} execs ({c['container']} in "
+              f"containers, {c['host']} on the host, {c[UNKNOWN]} unknown: gone "
+              f"before /proc was read), {c['shown']} shown, {lost} overruns "
               f"(source netlink)", file=sys.stderr)
     return 0

@@ -60,10 +60,38 @@ def table_values(rec):
     """The row values for :data:`COLUMNS`."""
     rtype = rec["type"] + ("*" if rec.get("helper") else "")
     args = rec.get("args") or []
-    return [rec["pid"], _dash(rec["ppid"]), _dash(rec["nspid"]), rec["comm"], rtype,
+    comm = rec["comm"] if rec["comm"] is not None else "?"
+    return [rec["pid"], _dash(rec["ppid"]), _dash(rec["nspid"]), comm, rtype,
             rec["runtime"] or "-", output.short_id(rec["container_id"]) or "-",
             rec["container_name"] or "-",
-            " ".join(output.text(a) for a in args) or f"[{output.text(rec['comm'])}]"]
+            " ".join(output.text(a) for a in args) or f"[{output.text(comm)}]"]
+
+
+class EventPrinter:
+    """Prints live records (``classify``) as a table with a TIME column or as
+    JSON lines, after the command line's filters, and counts them."""
+
+    def __init__(self, args, out, kinds=("container", "host")):
+        self.args = args
+        self.out = out
+        self.counts = dict.fromkeys(("events", "shown") + tuple(kinds), 0)
+        self.table = None
+        if not args.json:
+            self.table = output.Table([("TIME", 8)] + COLUMNS, out)
+            self.table.header()
+            out.flush()
+
+    def emit(self, rec):
+        counts = self.counts
+        counts["events"] += 1
+        counts[rec["type"]] = counts.get(rec["type"], 0) + 1
+        if not wanted(rec, self.args):
+            return
+        counts["shown"] += 1
+        if self.table is None:
+            self.out.write(output.json_line(rec) + "\n")
+        else:
+            self.table.row([rec["time"][11:19]] + table_values(rec))
 
 
 def _dash(v):

@@ -26,7 +26,6 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
 
 #: default state roots, by runtime
 DEFAULT_ROOTS = {
