@@ -9,6 +9,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -272,6 +273,59 @@ def test_find_agrees_with_full_scan_before_and_after_name_index():
         assert btf2.find(name) == ids
 
 
+
+def test_name_index_orders_names_and_finds_flavors_and_odd_offsets():
+    """The name index (type indexes sorted by name bytes) answers find and
+    find_essential exactly like a scan: flavors, names pointing into the
+    middle of a longer string, duplicate strings, a name offset outside the
+    string section (never found, never an error)."""
+    s = Strings()
+    task = s.add("task_struct")
+    v2 = s.add("task_struct___v2")
+    dup = s.add("task_struct")             # the same name at a second offset
+    tail = s.add("my_pid") + 3             # "pid" inside "my_pid"
+    pid = s.add("pid")
+    tricky = s.add("task_struct____x")     # '____x' is not a flavor suffix
+    types = [(task, B.KIND_STRUCT, 0, 0, 4, []), (v2, B.KIND_STRUCT, 0, 0, 8, []),
+             (0, B.KIND_PTR, 0, 0, 1, []), (dup, B.KIND_STRUCT, 0, 0, 4, []),
+             (tail, B.KIND_TYPEDEF, 0, 0, 1, []), (pid, B.KIND_STRUCT, 0, 0, 4, []),
+             (tricky, B.KIND_STRUCT, 0, 0, 4, []), (1 << 20, B.KIND_TYPEDEF, 0, 0, 1, [])]
+    raw = build_btf(types, bytes(s.blob))
+    for use_index in (False, True):
+        btf = B.BTF.parse(raw)
+        if use_index:
+            btf._ensure_name_index()
+            order = [btf._name_bytes(btf._words[btf._offsets[i]]) for i in btf._name_keys]
+            assert order == sorted(order) and len(order) == 8
+        assert btf.find("task_struct") == [1, 4]
+        assert btf.find("task_struct", B.KIND_PTR) == []
+        assert btf.find("pid") == [5, 6] and btf.find("my_pid") == []
+        assert btf.find("") == [3]
+        assert btf.find_essential("task_struct") == [1, 2, 4]
+        assert btf.find_essential("task_struct", B.KIND_STRUCT) == [1, 2, 4]
+        assert btf.find_essential("task") == [] and btf.find("task_struct___") == []
+        assert btf.find("task_struct\0") == []
+
+
+@pytest.mark.skipif(not os.path.exists(KERNEL), reason="no kernel BTF")
+def test_name_index_agrees_with_a_scan_on_the_kernel_btf(tmp_path):
+    """Every name of the kernel's BTF, through the cached index: find and
+    find_essential return exactly the ids a linear scan finds."""
+    B.BTF.load_kernel(cache_dir=str(tmp_path))
+    btf = B.BTF.load_kernel(cache_dir=str(tmp_path))
+    assert btf.from_cache
+    names, essential = {}, {}
+    for i in btf.ids():
+        name = btf.name_of(i)
+        names.setdefault(name, []).append(i)
+        essential.setdefault(B.essential_name(name), []).append(i)
+    for name, ids in names.items():
+        assert btf.find(name) == ids, name
+    for name in ["task_struct", "nf_conn", "cgroup", "pid_namespace"] + [
+            B.essential_name(n) for n in names if B.essential_name(n) != n]:
+        assert btf.find_essential(name) == sorted(essential.get(name, [])), name
+    assert btf.find("no_such_type_anywhere") == [] and btf.find_essential("zzzz") == []
+
 # -- the kernel's BTF against bpftool --------------------------------------------
 
 needs_kernel_btf = pytest.mark.skipif(not os.path.exists(KERNEL), reason="no kernel BTF")
@@ -404,6 +458,49 @@ def test_unwritable_cache_dir_is_ignored(tmp_path):
     btf = B.BTF.load_kernel(cache_dir=str(blocker / "sub"))
     assert btf.count > 1000 and not btf.from_cache
 
+
+
+@needs_kernel_btf
+def test_cache_of_an_older_format_is_rebuilt(tmp_path):
+    """A cache file written by another version (here: version 3's layout of
+    u32 positions + u64 name_off keys) under the current key is ignored and
+    replaced."""
+    btf = B.BTF.load_kernel(cache_dir=str(tmp_path))
+    (cache_file,) = tmp_path.iterdir()
+    key = btf_cache.cache_key(btf.data)
+    count = len(btf._offsets)
+    payload = struct.pack(f"<{count}I", *btf._offsets).ljust((4 * count + 7) & ~7, b"\0")
+    payload += bytes(8 * count)
+    import zlib
+    head = struct.pack("<8sII32sI", b"PYBTFIDX", 3, count, key, zlib.adler32(payload))
+    cache_file.write_bytes(head.ljust(64, b"\0") + payload)
+    assert btf_cache.load_index(str(tmp_path), key) is None
+    assert not B.BTF.load_kernel(cache_dir=str(tmp_path)).from_cache
+    again = B.BTF.load_kernel(cache_dir=str(tmp_path))
+    assert again.from_cache and again.find("task_struct") == btf.find("task_struct")
+
+
+@needs_kernel_btf
+def test_cache_key_needs_no_hashlib(tmp_path):
+    """The key is build id + size + CRC-32s: loading the kernel BTF (cold and
+    cached) imports no hashlib and maps no libcrypto (~2.6 MB of RSS)."""
+    code = ("import sys\n"
+            "from pybpfload.obj import btf as B\n"
+            "for _ in range(2):\n"
+            "    btf = B.BTF.load_kernel(cache_dir=sys.argv[1])\n"
+            "    assert btf.find('task_struct')\n"
+            "maps = open('/proc/self/maps').read()\n"
+            "print('hashlib' in sys.modules, 'libcrypto' in maps, btf.from_cache)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True, cwd=str(pathlib.Path(__file__).parent.parent))
+    assert out.stdout.split() == ["False", "False", "True"]
+    data = open(KERNEL, "rb").read()
+    key = btf_cache.cache_key(data)
+    assert len(key) == 32 and key == btf_cache.cache_key(data)
+    changed = bytearray(data)
+    changed[-1] ^= 1
+    assert btf_cache.cache_key(bytes(changed)) != key
+    assert btf_cache.cache_key(data + b"\0") != key
 
 def test_build_id_from_notes():
     def note(name, ntype, desc):

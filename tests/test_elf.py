@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 
@@ -161,6 +162,74 @@ def test_wrong_machine_and_class():
     with pytest.raises(ELFError, match="little-endian"):
         elf.read_object(bytes(bad))
 
+
+
+def _all_objects():
+    root = OBJECTS.parent.parent
+    return sorted(OBJECTS.glob("*.bpf.o")) + sorted((root / "prebuilt").glob("*.bpf.o"))
+
+
+@pytest.mark.parametrize("path", _all_objects(), ids=lambda p: p.name)
+def test_sections_match_pyelftools_elffile(path):
+    """The section table read through pyelftools' ELFStructs is the one its
+    ELFFile gives: index, name, type, flags, size, link, info and contents."""
+    from elftools.elf.elffile import ELFFile
+    data = path.read_bytes()
+    ours = elf._read_sections(data)
+    with open(path, "rb") as f:
+        ef = ELFFile(f)
+        theirs = []
+        for i in range(ef.num_sections()):
+            sec = ef.get_section(i)
+            h = sec.header
+            body = b"" if h["sh_type"] in ("SHT_NOBITS", "SHT_NULL") else sec.data()
+            theirs.append((i, sec.name, h["sh_flags"], h["sh_size"], h["sh_link"],
+                           h["sh_info"], body))
+    assert len(ours) == len(theirs) > 5
+    assert [(s.index, s.name, s.flags, s.size, s.link, s.info, s.data) for s in ours] == theirs
+    assert {s.type for s in ours} >= {elf.SHT_PROGBITS, elf.SHT_SYMTAB, elf.SHT_STRTAB}
+
+
+def test_extended_section_count_and_bad_section_header_table():
+    """e_shnum 0 means "the count is section 0's sh_size" (the ELF ABI's rule
+    for >= 0xff00 sections); a header table past the end of the file or with
+    too small entries is an ELFError."""
+    data = (OBJECTS / "globals.bpf.o").read_bytes()
+    want = elf.read_object(data)
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shnum, = struct.unpack_from("<H", data, 0x3C)
+    ext = bytearray(data)
+    struct.pack_into("<H", ext, 0x3C, 0)
+    struct.pack_into("<Q", ext, shoff + 0x20, shnum)      # section 0's sh_size
+    got = elf.read_object(bytes(ext))
+    assert sorted(got.programs) == sorted(want.programs) and sorted(got.maps) == sorted(want.maps)
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, 0x28, len(data) + 64)
+    with pytest.raises(ELFError, match="past the end"):
+        elf.read_object(bytes(bad))
+    bad = bytearray(data)
+    struct.pack_into("<H", bad, 0x3A, 16)                 # e_shentsize
+    with pytest.raises(ELFError, match="too small"):
+        elf.read_object(bytes(bad))
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, 0x28, len(data) - 10)     # last header cut off
+    with pytest.raises(ELFError):
+        elf.read_object(bytes(bad))
+
+
+def test_reading_imports_no_dwarf_reader():
+    """An object is read without importing pyelftools' ELFFile and the DWARF
+    and unwinding readers it pulls in (start-up time of every tool)."""
+    code = ("import sys\n"
+            "from pybpfload.obj import elf\n"
+            "spec = elf.read_object_file(sys.argv[1])\n"
+            "assert spec.programs\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('elftools.dwarf', "
+            "'elftools.ehabi', 'elftools.elf.elffile'))))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(OBJECTS / "globals.bpf.o")],
+                         capture_output=True, text=True, check=True,
+                         cwd=str(OBJECTS.parent.parent))
+    assert out.stdout.strip() == "[]"
 
 def test_unknown_section_is_named():
     data = (OBJECTS / "subprogs.bpf.o").read_bytes()

@@ -51,10 +51,14 @@ Additions beyond the contract:
 
 How it is fast: the type section is viewed as a memoryview of native u32
 words (no copy); one tight loop records the word position of every type
-record (``array('I')``).  The name index is two arrays (type indexes sorted
-by name offset, and those name offsets) searched with ``bisect``; a name is
-turned into string offsets by searching the string section with
-``bytes.find``.  Types are decoded only when asked for, and cached.
+record (``array('I')``).  The name index is one ``array('I')`` of type
+indexes sorted by their NAME (the bytes, ties by id): ``find(name)`` is a
+binary search of ~17 short comparisons of names read from the string
+section, and the types whose name starts with ``name___`` (CO-RE flavors,
+``find_essential``) are the run that follows.  Until that index exists (a
+parsed object, a kernel BTF read without the cache) the first lookups search
+the string section with ``bytes.find`` instead.  Types are decoded only when
+asked for, and cached.
 """
 
 import bisect
@@ -64,7 +68,7 @@ import operator
 import struct
 import sys
 from array import array
-from itertools import repeat
+from itertools import accumulate, compress
 from collections import namedtuple
 
 from ..errors import BTFError
@@ -287,17 +291,41 @@ def _index_types(words, first_id):
     return offsets
 
 
-def _name_index(words, offsets):
-    """Sorted array('Q') of (name_off << 32 | type index): a name index for bisect."""
-    if not offsets:
-        return array("Q")
-    if len(offsets) == 1:
-        name_offs = (words[offsets[0]],)
-    else:
-        name_offs = operator.itemgetter(*offsets)(words)
-    return array("Q", sorted(map(operator.or_, map(operator.lshift, name_offs, repeat(32)),
-                                 range(len(name_offs)))))
+class _NameTable(dict):
+    """Absolute string offset -> name bytes, filled from a split string
+    section; offsets that are not the start of a string are looked up."""
 
+    __slots__ = ("btf",)
+
+    def __missing__(self, offset):
+        return self.btf._name_bytes(offset)
+
+
+def _name_index(btf):
+    """array('I') of the type indexes of ``btf`` sorted by name (bytes), ties by index.
+
+    Every name is read once: the string section is split at its NULs into a
+    table of string start -> bytes (C speed), the names are looked up in it,
+    and the indexes of named types are sorted with the names as keys
+    (stable: equal names keep id order) after the anonymous ones.  A name offset outside the string section sorts
+    as b"\xff", which no UTF-8 name equals.
+    """
+    words, offsets = btf._words, btf._offsets
+    n = len(offsets)
+    if n == 0:
+        return array("I")
+    name_offs = (words[offsets[0]],) if n == 1 else operator.itemgetter(*offsets)(words)
+    table = _NameTable()
+    table.btf = btf
+    strings = bytes(btf.data[btf._s_start:btf._s_end]).split(b"\0") if btf.str_len else ()
+    starts = accumulate(map((1).__add__, map(len, strings)), initial=btf._str_base)
+    table.update(zip(starts, strings))
+    # anonymous types (name offset 0: the empty string) come first, in id order
+    order = array("I", compress(range(n), map(operator.not_, name_offs)))
+    named = list(compress(range(n), name_offs))
+    names = list(map(table.__getitem__, compress(name_offs, name_offs)))
+    order.extend(map(named.__getitem__, sorted(range(len(names)), key=names.__getitem__)))
+    return order
 
 
 def _read_btf_file(path):
@@ -618,30 +646,49 @@ class BTF:
 
     def _ensure_name_index(self):
         if self._name_keys is None:
-            self._name_keys = _name_index(self._words, self._offsets)
+            self._name_keys = _name_index(self)
+
+    def _name_bytes(self, offset):
+        """The name at absolute string ``offset`` as bytes; b"\\xff" when outside the strings."""
+        if offset < self._str_base:
+            return self.base._name_bytes(offset)
+        rel = offset - self._str_base
+        if rel >= self.str_len:
+            return b"\xff"
+        start = self._s_start + rel
+        return self.data[start:self.data.find(b"\0", start, self._s_end)]
+
+    def _ids_in_name_order(self, key, prefix):
+        """Own type ids named exactly ``key`` (bytes), or, with ``prefix``, whose
+        name starts with ``key``: a binary search of the name index, then the
+        run of matching names that follows it."""
+        order, words, offsets = self._name_keys, self._words, self._offsets
+        name = self._name_bytes
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if name(words[offsets[order[mid]]]) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        out = []
+        first = self.first_id
+        for i in range(lo, len(order)):
+            idx = order[i]
+            got = name(words[offsets[idx]])
+            if got == key or (prefix and got.startswith(key)):
+                out.append(idx + first)
+            else:
+                break
+        out.sort()
+        return out
 
     def _ids_with_name_off(self, name_off):
-        """Own type ids whose name_off is exactly ``name_off`` (absolute offset).
-
-        Until the sorted name index exists, the type section is scanned for
-        the 4-byte value (C speed) and each hit kept when it is the first
-        word of a record; after a few lookups the index is built (~25 ms on
-        a kernel BTF) and used instead.
-        """
+        """Own type ids whose name_off is exactly ``name_off`` (absolute offset),
+        found by scanning the type section for the 4-byte value (C speed) and
+        keeping each hit that is the first word of a record.  Used only until
+        the name index exists."""
         out = []
-        if self._name_keys is None:
-            self._scans += 1
-            if self._scans > self._SCANS_BEFORE_INDEX:
-                self._ensure_name_index()
-        keys = self._name_keys
-        if keys is not None:
-            lo = name_off << 32
-            i = bisect.bisect_left(keys, lo)
-            n = len(keys)
-            while i < n and keys[i] >> 32 == name_off:
-                out.append((keys[i] & 0xFFFFFFFF) + self.first_id)
-                i += 1
-            return out
         if name_off >= 1 << 32:
             return out
         data, start, end = self.data, self._t_start, self._t_end
@@ -678,11 +725,23 @@ class BTF:
             base = base.base
         return found
 
+    def _use_index(self):
+        """True when lookups go through the name index: it exists, or enough
+        lookups have scanned the string section that building it pays."""
+        if self._name_keys is None:
+            self._scans += 1
+            if self._scans > self._SCANS_BEFORE_INDEX:
+                self._ensure_name_index()
+        return self._name_keys is not None
+
     def _ids_named(self, name_bytes):
         """Own type ids whose name is exactly ``name_bytes``."""
+        if self._use_index():
+            return self._ids_in_name_order(name_bytes, False)
         offs = self._all_string_matches(name_bytes + b"\0")
         if len(offs) > 4:
             self._ensure_name_index()
+            return self._ids_in_name_order(name_bytes, False)
         ids = []
         for off in offs:
             ids.extend(self._ids_with_name_off(off))
@@ -697,7 +756,7 @@ class BTF:
             return list(hit)
         if name == "":
             self._ensure_name_index()
-            ids = self._ids_with_name_off(self._str_base if self.base is None else 0)
+            ids = self._ids_in_name_order(b"", False)
         else:
             ids = self._ids_named(name.encode())
         if kind is not None:
@@ -719,11 +778,16 @@ class BTF:
             return list(hit)
         ids = set(self.find(name, kind, include_base=False)) if essential_name(name) == name else set()
         if name:
-            for off in self._all_string_matches(name.encode() + b"___"):
-                for tid in self._ids_with_name_off(off):
-                    if essential_name(self.name_of(tid)) == name and (
-                            kind is None or self.kind_of(tid) == kind):
-                        ids.add(tid)
+            flavored = name.encode() + b"___"
+            if self._use_index():
+                tids = self._ids_in_name_order(flavored, True)
+            else:
+                tids = [tid for off in self._all_string_matches(flavored)
+                        for tid in self._ids_with_name_off(off)]
+            for tid in tids:
+                if essential_name(self.name_of(tid)) == name and (
+                        kind is None or self.kind_of(tid) == kind):
+                    ids.add(tid)
         ids = sorted(ids)
         if include_base and self.base is not None:
             ids = self.base.find_essential(name, kind) + ids

@@ -2,14 +2,18 @@
 
 Indexing the ~127k types of a kernel BTF takes a Python loop over every
 record and a sort; the result depends only on the BTF bytes, so it is stored
-on disk and reused.  The index is a pair of arrays: ``array('I')`` of the word
-position of each type record, and ``array('Q')`` of sorted
-``name_off << 32 | type index`` keys (the name index).
+on disk and reused.  The index is a pair of ``array('I')``: the word
+position of each type record, and the type indexes sorted by name (the name
+index, see :mod:`.btf`).
 
-Key: the kernel's GNU build id, read from ``/sys/kernel/notes`` (an ELF note
-list), plus the BTF size and a SHA-256 of its first and last 64 KiB, so a
-rebuilt kernel or changed BTF never reuses a stale index.  Never the sysfs
-file's mtime (it is the boot time, not a content stamp).
+Key (32 bytes): the kernel's GNU build id, read from ``/sys/kernel/notes``
+(an ELF note list; its first 16 bytes and a CRC-32 of all of it), the BTF
+size, and CRC-32s of the BTF's first and last 64 KiB, so a rebuilt kernel or
+changed BTF never reuses a stale index.  ``zlib.crc32`` rather than a
+hashlib digest: hashlib maps libcrypto (~2.6 MB of RSS) and the key guards
+against staleness, not against an attacker (the cache directory is trusted:
+see Safety).  Never the sysfs file's mtime (it is the boot time, not a
+content stamp).
 
 Safety: the directory is opened with O_NOFOLLOW|O_DIRECTORY and files are
 opened relative to it with O_NOFOLLOW; a cache file must be a regular file
@@ -18,11 +22,11 @@ Every failure to read or write the cache is silent: the index is rebuilt.
 
 File layout: MAGIC (8 bytes) | u32 version | u32 count | 32-byte key |
 u32 adler32 of the payload, padded to 64 bytes | payload: count
-little-endian u32 positions (padded to 8 bytes), then count little-endian u64
-name keys.  A hit maps the file and uses the arrays in place (no copy).
+little-endian u32 positions, then count little-endian u32 type indexes in
+name order.  A hit maps the file and uses the arrays in place (no copy).
+Files of another version (older layouts) are ignored and rebuilt.
 """
 
-import hashlib
 import mmap
 import os
 import stat
@@ -38,7 +42,7 @@ NT_GNU_BUILD_ID = 3
 SYSTEM_CACHE_DIR = "/var/cache/pybpfload"
 
 _MAGIC = b"PYBTFIDX"
-_VERSION = 3
+_VERSION = 4
 _HEAD = struct.Struct("<8sII32sI")
 _HEAD_SIZE = 64                      # header padded so the arrays are aligned
 _SAMPLE = 64 * 1024
@@ -85,13 +89,9 @@ def cache_key(data, build_id=None, notes_path=NOTES_PATH):
         build_id = kernel_build_id(notes_path)
     if not build_id:
         return None
-    h = hashlib.sha256()
-    h.update(b"pybpfload-btf-index\0")
-    h.update(build_id)
-    h.update(struct.pack("<Q", len(data)))
-    h.update(data[:_SAMPLE])
-    h.update(data[max(0, len(data) - _SAMPLE):])
-    return h.digest()
+    size = len(data)
+    return struct.pack("<16sIIII", bytes(build_id[:16]), zlib.crc32(build_id), size & 0xFFFFFFFF,
+                       zlib.crc32(data[:_SAMPLE]), zlib.crc32(data[max(0, size - _SAMPLE):]))
 
 
 def default_cache_dir():
@@ -106,7 +106,7 @@ def default_cache_dir():
 
 
 def cache_file_name(key):
-    return f"btf-index-{key[:16].hex()}.bin"
+    return f"btf-index-{key.hex()}.bin"
 
 
 def _open_dir(cache_dir, create):
@@ -135,7 +135,7 @@ def _trusted_owner(st):
 
 
 def load_index(cache_dir, key):
-    """The cached (positions array('I'), name keys array('Q')) for ``key``, or None."""
+    """The cached (positions, name order) pair of u32 arrays for ``key``, or None."""
     if not key:
         return None
     dfd = _open_dir(cache_dir, create=False)
@@ -154,29 +154,25 @@ def load_index(cache_dir, key):
         magic, version, count, stored_key, checksum = _HEAD.unpack_from(blob, 0)
         if magic != _MAGIC or version != _VERSION or stored_key != key:
             return None
-        keys_at = _HEAD_SIZE + _align8(4 * count)
-        if st.st_size != keys_at + 8 * count:
+        keys_at = _HEAD_SIZE + 4 * count
+        if st.st_size != keys_at + 4 * count:
             return None
         view = memoryview(blob)
         if zlib.adler32(view[_HEAD_SIZE:]) != checksum:
             return None
         if sys.byteorder != "little":
             offsets = array("I", view[_HEAD_SIZE:_HEAD_SIZE + 4 * count])
-            keys = array("Q", view[keys_at:])
+            keys = array("I", view[keys_at:])
             offsets.byteswap()
             keys.byteswap()
             return offsets, keys
         # zero-copy: the arrays are views of the private read-only mapping
-        return view[_HEAD_SIZE:_HEAD_SIZE + 4 * count].cast("I"), view[keys_at:].cast("Q")
+        return view[_HEAD_SIZE:keys_at].cast("I"), view[keys_at:].cast("I")
     except (OSError, struct.error, ValueError, TypeError):
         return None
     finally:
         os.close(fd)
         os.close(dfd)
-
-
-def _align8(n):
-    return (n + 7) & ~7
 
 
 def store_index(cache_dir, key, index):
@@ -189,13 +185,13 @@ def store_index(cache_dir, key, index):
     tmp = f".{cache_file_name(key)}.{os.getpid()}.tmp"
     try:
         offsets = array("I", index[0])
-        keys = array("Q", index[1])
+        keys = array("I", index[1])
         if len(offsets) != len(keys):
             return False
         if sys.byteorder != "little":
             offsets.byteswap()
             keys.byteswap()
-        payload = offsets.tobytes().ljust(_align8(4 * len(offsets)), b"\0") + keys.tobytes()
+        payload = offsets.tobytes() + keys.tobytes()
         blob = _HEAD.pack(_MAGIC, _VERSION, len(offsets), key, zlib.adler32(payload)).ljust(
             _HEAD_SIZE, b"\0") + payload
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
