@@ -59,6 +59,14 @@ def vm_hwm(pid):
     return float("nan")
 
 
+def default_sigint():
+    """In the tool's process: SIGINT back to its default.  A shell's background job
+    (``make bench &``) starts with SIGINT ignored, which every child inherits, and
+    Python then never turns SIGINT into KeyboardInterrupt: the tool could not be
+    stopped the way the bench stops it, and would not print its lost count."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Tool:
     """One tool run: started, waited for, stopped; stdout/stderr in files."""
 
@@ -80,7 +88,7 @@ class Tool:
         with open(self.out, "wb") as o, open(self.err, "wb") as e:
             t0 = time.monotonic()
             self.proc = subprocess.Popen(self.argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
-                                         env=self.env, cwd=ROOT)
+                                         env=self.env, cwd=ROOT, preexec_fn=default_sigint)
         deadline = t0 + 120
         ready = False
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -136,10 +144,14 @@ def tools(ready_file, pyenv, pages=None):
     if pages:
         classify += ["--pages", str(pages)]
     out = [Tool("classify" + (f"(pages={pages})" if pages else ""), classify, ready_file, pyenv)]
+    # the peers print their header once attached; stdio into a file is block-buffered,
+    # so line-buffer it (stdbuf execs the tool in place: same pid for VmHWM)
+    line = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
     if shutil.which("execsnoop") and os.path.exists("/usr/sbin/execsnoop"):
-        out.append(Tool("execsnoop", ["/usr/sbin/execsnoop"], ready_text="PCOMM"))
+        out.append(Tool("execsnoop", line + ["/usr/sbin/execsnoop"], ready_text="PCOMM"))
     if shutil.which("execsnoop-bpfcc"):
-        out.append(Tool("execsnoop-bpfcc", ["execsnoop-bpfcc"], ready_text="PCOMM"))
+        out.append(Tool("execsnoop-bpfcc", ["execsnoop-bpfcc"], ready_text="PCOMM",
+                        env=dict(os.environ, PYTHONUNBUFFERED="1")))
     if shutil.which("bpftrace"):
         prog = ('BEGIN { printf("ready\\n"); } tracepoint:sched:sched_process_exec '
                 '{ printf("%d %s %s\\n", pid, comm, str(args->filename)); }')

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -133,8 +134,12 @@ def run_step(script, extra, timeout):
         return None, 0.0, f"bench/{script} does not exist yet"
     t0 = time.monotonic()
     try:
+        # SIGINT at its default in the benchmark and what it starts: a background
+        # `make bench &` would hand down SIGINT ignored, and the benchmarks stop the
+        # tools they measure (Python ones too) with SIGINT
         p = subprocess.run([sys.executable, path, "--json"] + extra, cwd=ROOT, timeout=timeout,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     except subprocess.TimeoutExpired:
         return None, time.monotonic() - t0, f"timed out after {timeout} s"
     spent = time.monotonic() - t0
