@@ -296,7 +296,7 @@ def test_name_index_orders_names_and_finds_flavors_and_odd_offsets():
         if use_index:
             btf._ensure_name_index()
             order = [btf._name_bytes(btf._words[btf._offsets[i]]) for i in btf._name_keys]
-            assert order == sorted(order) and len(order) == 8
+            assert order == sorted(order) and len(order) == 7     # all but the anonymous
         assert btf.find("task_struct") == [1, 4]
         assert btf.find("task_struct", B.KIND_PTR) == []
         assert btf.find("pid") == [5, 6] and btf.find("my_pid") == []
@@ -305,6 +305,28 @@ def test_name_index_orders_names_and_finds_flavors_and_odd_offsets():
         assert btf.find_essential("task_struct", B.KIND_STRUCT) == [1, 2, 4]
         assert btf.find_essential("task") == [] and btf.find("task_struct___") == []
         assert btf.find("task_struct\0") == []
+
+
+def test_name_index_of_split_btf_reads_base_strings():
+    """A split BTF's own types may be named by the base's strings: the name
+    index sorts and finds them the same, with or without the index."""
+    s = Strings()
+    base_name = s.add("shared")
+    base = B.BTF.parse(build_btf([(base_name, B.KIND_STRUCT, 0, 0, 4, [])], bytes(s.blob)))
+    own = Strings(b"")
+    zed = own.add("zed") + base.str_len
+    alpha = own.add("alpha___x") + base.str_len
+    blob = build_btf([(zed, B.KIND_STRUCT, 0, 0, 4, []), (base_name, B.KIND_TYPEDEF, 0, 0, 2, []),
+                      (alpha, B.KIND_STRUCT, 0, 0, 4, []), (0, B.KIND_PTR, 0, 0, 2, [])],
+                     bytes(own.blob))
+    for use_index in (False, True):
+        split = B.BTF.parse(blob, base=base)
+        if use_index:
+            split._ensure_name_index()
+            assert [i + split.first_id for i in split._name_keys] == [4, 3, 2]
+        assert split.find("shared") == [1, 3] and split.find("shared", include_base=False) == [3]
+        assert split.find("zed") == [2] and split.find("") == [5]
+        assert split.find_essential("alpha") == [4] and split.find_essential("shared") == [1, 3]
 
 
 @pytest.mark.skipif(not os.path.exists(KERNEL), reason="no kernel BTF")

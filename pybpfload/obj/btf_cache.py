@@ -21,9 +21,9 @@ owned by us (or root); writes go to a temporary file renamed into place.
 Every failure to read or write the cache is silent: the index is rebuilt.
 
 File layout: MAGIC (8 bytes) | u32 version | u32 count | 32-byte key |
-u32 adler32 of the payload, padded to 64 bytes | payload: count
-little-endian u32 positions, then count little-endian u32 type indexes in
-name order.  A hit maps the file and uses the arrays in place (no copy).
+u32 adler32 of the payload | u32 named, padded to 64 bytes | payload: count
+little-endian u32 positions, then ``named`` little-endian u32 type indexes
+in name order (the named types).  A hit maps the file and uses the arrays in place (no copy).
 Files of another version (older layouts) are ignored and rebuilt.
 """
 
@@ -42,8 +42,8 @@ NT_GNU_BUILD_ID = 3
 SYSTEM_CACHE_DIR = "/var/cache/pybpfload"
 
 _MAGIC = b"PYBTFIDX"
-_VERSION = 4
-_HEAD = struct.Struct("<8sII32sI")
+_VERSION = 5
+_HEAD = struct.Struct("<8sII32sII")
 _HEAD_SIZE = 64                      # header padded so the arrays are aligned
 _SAMPLE = 64 * 1024
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -151,11 +151,11 @@ def load_index(cache_dir, key):
         if not stat.S_ISREG(st.st_mode) or not _trusted_owner(st) or st.st_size < _HEAD_SIZE:
             return None
         blob = mmap.mmap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-        magic, version, count, stored_key, checksum = _HEAD.unpack_from(blob, 0)
+        magic, version, count, stored_key, checksum, named = _HEAD.unpack_from(blob, 0)
         if magic != _MAGIC or version != _VERSION or stored_key != key:
             return None
         keys_at = _HEAD_SIZE + 4 * count
-        if st.st_size != keys_at + 4 * count:
+        if named > count or st.st_size != keys_at + 4 * named:
             return None
         view = memoryview(blob)
         if zlib.adler32(view[_HEAD_SIZE:]) != checksum:
@@ -186,13 +186,14 @@ def store_index(cache_dir, key, index):
     try:
         offsets = array("I", index[0])
         keys = array("I", index[1])
-        if len(offsets) != len(keys):
+        if len(offsets) < len(keys):
             return False
         if sys.byteorder != "little":
             offsets.byteswap()
             keys.byteswap()
         payload = offsets.tobytes() + keys.tobytes()
-        blob = _HEAD.pack(_MAGIC, _VERSION, len(offsets), key, zlib.adler32(payload)).ljust(
+        blob = _HEAD.pack(_MAGIC, _VERSION, len(offsets), key, zlib.adler32(payload),
+                          len(keys)).ljust(
             _HEAD_SIZE, b"\0") + payload
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
                      0o644, dir_fd=dfd)
