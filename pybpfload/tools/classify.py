@@ -11,17 +11,18 @@ namespace alone proves nothing (``unshare -p`` is not a container, a
 runtime's state on disk.
 """
 
-import datetime
 import os
 import signal
 import sys
 import time
 
 from ..errors import BPFError
-from ..resources import prebuilt_object  # the shipped objects, wherever pybpfload lives
 from . import output, process_view
 from .containers import helper_role
-from .procfs import walk
+
+# Imported where used, after the programs are attached: datetime, .procfs;
+# ..resources (importlib.resources + pathlib: ~20 ms) only when the object
+# is not a plain file next to the package (a zipapp).
 
 #: event types sent by classify.bpf.c (bpf/events.h)
 EVENT_EXEC, EVENT_EXIT, EVENT_FORK = 1, 2, 3
@@ -170,6 +171,7 @@ class Classifier:
         self.pids.pop(pid, None)
 
     def record(self, ev):
+        import datetime as _datetime      # not needed before the first event
         v2 = _path(ev["cgroup_v2_path"], ev["cgroup_v2_depth"], ev["cgroup_v2_truncated"])
         cg_input = [(0, "", v2)]
         v1 = None
@@ -186,7 +188,7 @@ class Classifier:
         self._remember(ev["pid"], fields["type"], fields["container_id"])
         wall = ev["time_ns"] / 1e9 + self.clock_offset
         rec = {
-            "time": datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
+            "time": _datetime.datetime.fromtimestamp(wall, _datetime.timezone.utc)
             .isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "pid": ev["pid"], "tid": ev["tid"], "ppid": ev["ppid"], "nspid": ev["ns_pid"],
             "uid": ev["uid"], "gid": ev["gid"], "comm": comm,
@@ -224,6 +226,17 @@ def run(args):
     return run_bpf(args, prepared)
 
 
+def _prebuilt(name):
+    """The shipped object ``name``: the file in the package's prebuilt/ when
+    there is one (an install, a source tree), else what ``resources`` finds."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "prebuilt", name)
+    if os.path.isfile(path):
+        return path
+    from ..resources import prebuilt_object
+    return prebuilt_object(name)
+
+
 class KernelBTFMissing(BPFError):
     """The running kernel's BTF cannot be read (CO-RE needs it)."""
 
@@ -237,7 +250,7 @@ def prepare_bpf(args):
         kbtf = kernel_btf(btf_path)
     except BTFError as exc:
         raise KernelBTFMissing(str(exc)) from None
-    obj = BPFObject(args.object or prebuilt_object("classify.bpf.o"), kernel_btf_path=btf_path)
+    obj = BPFObject(args.object or _prebuilt("classify.bpf.o"), kernel_btf_path=btf_path)
     try:
         subsys, ctrl = choose_v1_subsys(kbtf)
         obj.set_variable("v1_subsys_id", subsys)
@@ -293,6 +306,7 @@ def run_bpf(args, prepared=None):
         if args.ready_file:
             announce_ready(args.ready_file)
         if not args.no_seed:
+            from .procfs import walk
             classifier.seed(walk())
         printer = process_view.EventPrinter(args, sys.stdout)
         lost_reported = 0
