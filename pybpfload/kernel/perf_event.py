@@ -6,7 +6,7 @@ unset fields are zero.  The ioctls used with BPF are ENABLE, DISABLE and SET_BPF
 
 import ctypes
 import fcntl
-import platform
+import os
 
 from ..errors import NotSupportedError
 from . import syscall as sc
@@ -49,10 +49,10 @@ class PerfEventAttr(ctypes.Structure):
 
 def perf_event_open(attr, pid=-1, cpu=0, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC, what=None):
     """Open a perf event; return its :class:`FD`."""
-    nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
+    nr = _NR_PERF_EVENT_OPEN.get(os.uname().machine)
     if nr is None:
         raise NotSupportedError(f"unknown perf_event_open syscall number on "
-                                f"{platform.machine()!r}")
+                                f"{os.uname().machine!r}")
     attr.size = ctypes.sizeof(attr)
     ret = sc.libc.syscall(nr, ctypes.byref(attr), ctypes.c_int(pid), ctypes.c_int(cpu),
                           ctypes.c_int(group_fd), ctypes.c_ulong(flags))

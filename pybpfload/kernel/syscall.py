@@ -11,7 +11,6 @@ padding byte) reaches the kernel as zero, which is what it demands.
 import ctypes
 import errno as _errno
 import os
-import platform
 
 from ..errors import KernelError, NoPrivilegeError, NotSupportedError
 
@@ -150,15 +149,15 @@ class ProgTestRunAttr(ctypes.Structure):
 
 
 def _syscall_number():
-    nr = _NR_BPF.get(platform.machine())
+    nr = _NR_BPF.get(os.uname().machine)
     if nr is None:
         raise NotSupportedError(
-            f"unknown bpf(2) syscall number on architecture {platform.machine()!r}",
+            f"unknown bpf(2) syscall number on architecture {os.uname().machine!r}",
             hint="add it to pybpfload.kernel.syscall._NR_BPF")
     return nr
 
 
-_NR = _NR_BPF.get(platform.machine(), 0)
+_NR = _NR_BPF.get(os.uname().machine, 0)
 
 
 def c_str(text):
