@@ -61,7 +61,12 @@ def read_object_file(path):
             data = f.read()
     except OSError as exc:
         raise ELFError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return read_object(data, name=object_name(path))
+    try:
+        return read_object(data, name=object_name(path))
+    except ParseError as exc:
+        # say which file: a user loading several objects must know which is broken
+        raise type(exc)(f"{path} is not a usable BPF ELF object: {exc.args[0]}",
+                        exc.hint or "rebuild it with clang -g -O2 -target bpf") from None
 
 
 def object_name(path):
