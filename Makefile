@@ -16,7 +16,7 @@ BPF_CFLAGS = -g -O2 -target bpf -mcpu=v3 -Wall -Werror -Ibpf/include \
 PROGS := $(patsubst bpf/%.bpf.c,prebuilt/%.bpf.o,$(wildcard bpf/*.bpf.c))
 TEST_OBJS := $(patsubst tests/bpf/%.bpf.c,tests/objects/%.bpf.o,$(wildcard tests/bpf/*.bpf.c))
 
-.PHONY: all deps test clean
+.PHONY: all deps test test-oldest-python clean
 all: $(PROGS) $(TEST_OBJS)
 
 prebuilt/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/include/*.h)
@@ -69,6 +69,18 @@ bench:
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+# The oldest Python we support, where one is installed (pyenv keeps 3.9 here):
+# the kernel-free layer, the kernel layer and the tools' record building.
+PY39 ?= $(firstword $(wildcard /root/.pyenv/versions/3.9*/bin/python3) $(shell command -v python3.9))
+OLDEST_PY_TESTS = tests/test_btf.py tests/test_elf.py tests/test_core.py tests/test_link.py \
+	tests/test_btf_ext.py tests/test_containers.py tests/test_output.py tests/test_classify.py \
+	tests/test_syscalls.py tests/test_inspect.py tests/test_bpf_object.py tests/test_kernel_maps.py \
+	tests/test_kernel_programs.py tests/test_kernel_rings.py tests/test_ps.py
+test-oldest-python:
+	@if [ -z "$(PY39)" ]; then echo "no Python 3.9 here: oldest-Python run skipped"; else \
+	  $(PY39) -m pip install -q --disable-pip-version-check pyelftools construct pyroute2 pytest hypothesis && \
+	  $(PY39) -m pytest -q -p no:cacheprovider $(OLDEST_PY_TESTS); fi
 
 clean:
 	rm -f $(PROGS) $(TEST_OBJS)
