@@ -155,6 +155,9 @@ def _scalar(fmt):
 
 
 def _bits_decoder(size, bit_offset, bits, signed):
+    if not (0 < bits and 0 <= bit_offset and bit_offset + bits <= size * 8):
+        raise BTFError(f"a {bits}-bit field at bit {bit_offset} does not fit its "
+                       f"{size}-byte storage")
     mask = (1 << bits) - 1
 
     def bitfield(d, o):
