@@ -16,6 +16,7 @@ Decoded values:
 """
 
 import collections
+import keyword
 import struct
 
 from ..errors import BTFError, ParseError
@@ -73,8 +74,15 @@ class Layout:
         return self._tuple(*value.values())
 
 
+#: how many zero-byte elements an array may have and still be decoded
+MAX_EMPTY_ELEMENTS = 4096
+
+
 def _ident(name):
-    return name if name.isidentifier() else "_" + "".join(c if c.isalnum() else "_" for c in name)
+    """``name`` as a Python identifier (named tuples refuse keywords and symbols)."""
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return name
+    return "_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _compile(btf, type_id, depth, raw=frozenset()):
@@ -86,14 +94,17 @@ def _compile(btf, type_id, depth, raw=frozenset()):
     t = btf[tid]
     k = t.kind
     if k == btfmod.KIND_INT:
+        if not 1 <= t.size <= 16:
+            raise BTFError(f"type [{tid}] is a {t.size}-byte integer")
         if t.bits != t.size * 8 or t.bit_offset:
             return _bits_decoder(t.size, t.bit_offset, t.bits, bool(t.encoding & 1))
         if t.encoding & 4 and t.size == 1:
             return lambda d, o: d[o] != 0
-        if t.size == 16:
-            signed = bool(t.encoding & 1)
-            return lambda d, o: int.from_bytes(bytes(d[o:o + 16]), "little", signed=signed)
-        return _scalar(_INT_FORMATS[(t.size, bool(t.encoding & 1))])
+        fmt = _INT_FORMATS.get((t.size, bool(t.encoding & 1)))
+        if fmt is None:     # 16 bytes, or an odd size
+            signed, n = bool(t.encoding & 1), t.size
+            return lambda d, o: int.from_bytes(bytes(d[o:o + n]), "little", signed=signed)
+        return _scalar(fmt)
     if k in (btfmod.KIND_ENUM, btfmod.KIND_ENUM64):
         fmt = _INT_FORMATS.get((t.size, bool(t.signed)))
         if fmt is None:     # an odd size: never read past the enum's own bytes
@@ -117,6 +128,9 @@ def _compile(btf, type_id, depth, raw=frozenset()):
                 return raw if i < 0 else raw[:i]
             return chars
         esize = btf.size_of(elem)
+        if esize == 0 and n > MAX_EMPTY_ELEMENTS:
+            # elements with no bytes: nothing bounds n by the data's size
+            raise BTFError(f"type [{tid}] is an array of {n} elements of 0 bytes")
         sub = _compile(btf, elem, depth + 1)
         return lambda d, o: [sub(d, o + i * esize) for i in range(n)]
     if k in (btfmod.KIND_STRUCT, btfmod.KIND_UNION):
@@ -130,8 +144,14 @@ def _compile(btf, type_id, depth, raw=frozenset()):
             if m.bitfield_size:
                 mt = btf[btf.skip_mods_and_typedefs(m.type)]
                 size = btf.size_of(m.type)
+                if not 1 <= size <= 16:
+                    raise BTFError(f"bitfield {m.name!r} of type [{tid}] is stored in "
+                                   f"{size} bytes")
                 signed = bool(getattr(mt, "encoding", 0) & 1 or getattr(mt, "signed", False))
                 start = (m.bit_offset // (size * 8)) * size
+                if start + size > t.size:
+                    raise BTFError(f"bitfield {m.name!r} of type [{tid}] lies outside its "
+                                   f"{t.size}-byte record")
                 parts.append((m.name, start, _bits_decoder(size, m.bit_offset - start * 8,
                                                            m.bitfield_size, signed)))
             elif m.name in raw:
