@@ -14,7 +14,7 @@ from ..errors import AttachError, KernelError, NotSupportedError
 from . import features
 from . import perf_event as pe
 from . import syscall as sc
-from .fd import FD
+from .fd import FD, Closeable
 from .tracefs import has_kprobes, tracepoint_id
 
 __all__ = ["Link", "attach_tracepoint", "attach_raw_tracepoint", "attach_tracing",
@@ -26,7 +26,7 @@ BPF_TRACE_FENTRY, BPF_TRACE_FEXIT, BPF_MODIFY_RETURN = 24, 25, 26
 BPF_LSM_MAC = 27
 
 
-class Link:
+class Link(Closeable):
     """An attachment.  Holds the bpf link fd and/or the perf event fd."""
 
     def __init__(self, kind, target, link_fd=None, perf_fd=None):
@@ -53,17 +53,6 @@ class Link:
                 pass
             self.perf_fd.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         return f"Link({self.kind}, {self.target!r}, closed={self.closed})"

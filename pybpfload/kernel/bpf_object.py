@@ -37,6 +37,7 @@ from ..obj.spec import PIN_BY_NAME
 from . import attach as attachmod
 from . import features
 from .btf_load import load_btf
+from .fd import Closeable
 from .maps import Map
 from .programs import load_program
 
@@ -126,7 +127,7 @@ class LoadedProgram:
         self.program.close()
 
 
-class BPFObject:
+class BPFObject(Closeable):
     """Open an object (path or bytes); set variables; load; attach; read events."""
 
     def __init__(self, source, *, name=None, kernel_btf_path=None, pin_root="/sys/fs/bpf"):
@@ -428,17 +429,6 @@ class BPFObject:
             self._btf_fd = None
         self.loaded = False
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class TypedMap:

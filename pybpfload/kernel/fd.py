@@ -10,10 +10,45 @@ import os
 
 from ..errors import KernelError
 
-__all__ = ["FD"]
+__all__ = ["FD", "Closeable", "OwnsFD"]
 
 
-class FD:
+class Closeable:
+    """``with`` closes the object; ``__del__`` closes one dropped while open
+    (a safety net, so a lost reference does not leak a kernel object).
+    Subclasses define ``close()``, idempotent."""
+
+    __slots__ = ()
+
+    def close(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # half-built object, or interpreter shutdown
+            pass
+
+
+class OwnsFD(Closeable):
+    """A kernel object held through one :class:`FD` in ``self.fd``."""
+
+    __slots__ = ()
+
+    def fileno(self):
+        return self.fd.fileno()
+
+    def close(self):
+        self.fd.close()
+
+
+class FD(Closeable):
     """An owned file descriptor number."""
 
     __slots__ = ("_fd", "__weakref__")
@@ -56,18 +91,6 @@ class FD:
                 os.close(fd)
             except OSError:
                 pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: os may be gone
-            pass
 
     def __repr__(self):
         return f"FD({self._fd})" if self._fd >= 0 else "FD(closed)"

@@ -13,7 +13,7 @@ import struct
 from ..errors import KernelError, NotSupportedError
 from ..obj.spec import MAP_TYPE_NAMES, PERCPU_MAP_TYPES, MapSpec
 from . import syscall as sc
-from .fd import FD
+from .fd import FD, OwnsFD
 
 __all__ = ["Map", "MapInfo", "map_info"]
 
@@ -56,7 +56,7 @@ def sanitize_name(name):
     return out[:15].encode("ascii")
 
 
-class Map:
+class Map(OwnsFD):
     """A BPF map held open by this object (closes with it)."""
 
     def __init__(self, fd, info=None, name=None):
@@ -126,18 +126,6 @@ class Map:
         """Open a loaded map by its id."""
         attr = sc.GetIdAttr(start_id=map_id)
         return cls(FD(sc.bpf(sc.MAP_GET_FD_BY_ID, attr, f"opening map id {map_id}")))
-
-    def fileno(self):
-        return self.fd.fileno()
-
-    def close(self):
-        self.fd.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return (f"Map({self.name!r}, type={MAP_TYPE_NAMES.get(self.type, self.type)}, "

@@ -13,7 +13,7 @@ import errno as _errno
 from ..errors import KernelError, VerifierError
 from ..obj.insn import encode
 from . import syscall as sc
-from .fd import FD
+from .fd import FD, OwnsFD
 from .maps import sanitize_name
 
 __all__ = ["load_program", "Program", "ProgInfo", "prog_info",
@@ -77,7 +77,7 @@ def prog_info(fd, xlated=False):
     return info, buf.raw[:size]
 
 
-class Program:
+class Program(OwnsFD):
     """A loaded program held open by this object (closes with it)."""
 
     def __init__(self, fd, name="", prog_type=0, expected_attach_type=0,
@@ -118,18 +118,6 @@ class Program:
     def xlated(self):
         """The instructions as the kernel rewrote them (bytes)."""
         return prog_info(self.fd, xlated=True)[1]
-
-    def fileno(self):
-        return self.fd.fileno()
-
-    def close(self):
-        self.fd.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return f"Program({self.name!r}, type={self.type}, fd={self.fd!r})"
